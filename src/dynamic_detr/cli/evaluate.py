@@ -1,0 +1,63 @@
+"""`dynamic-detr eval`: COCO metrics of a trained model on a dataset split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="COCO bbox metrics of a checkpoint on a dataset split",
+                       description="Evaluate a checkpoint (run folder, .pt or .safetensors) with the standard "
+                                   "COCO metrics (pycocotools); detections are never thresholded.")
+    p.add_argument("--checkpoint", required=True, type=Path, help="run folder, .pt checkpoint or .safetensors")
+    p.add_argument("--data", required=True, type=Path, help="dataset root")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the config's data.val_split)")
+    p.add_argument("--out", type=Path, help="write metrics JSON here")
+    p.add_argument("--save-detections", type=Path, metavar="DETS_JSON",
+                   help="write detections in COCO results format (the dataset's own ids)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--raw", action="store_true", help="use the raw weights even when the checkpoint has EMA")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.coco import CocoDetection
+    from ..data.collate import build_loader
+    from ..data.transforms import build_transforms
+    from ..engine.evaluate import format_table
+    from ..engine.inference import evaluate_model
+    from ..engine.loading import load_model
+    from ..engine.report import AP_KEYS, atomic_write_json
+    from ..engine.sampler import SeededDataset
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg = load_model(args.checkpoint, device, prefer_ema=not args.raw)
+    split = args.split or cfg.data.val_split
+    dataset = CocoDetection(args.data, split)
+    if cfg.model.category_ids and set(cfg.model.category_ids) - set(dataset.category_ids):
+        missing = sorted(set(cfg.model.category_ids) - set(dataset.category_ids))[:5]
+        print(f"warning: the model predicts category ids the dataset does not have (e.g. {missing})")
+    loader = build_loader(SeededDataset(dataset, build_transforms(cfg.data, train=False)), args.batch_size,
+                          train=False, num_workers=args.workers, size_divisibility=cfg.data.size_divisibility)
+    names = dict(zip(dataset.category_ids, dataset.class_names, strict=True))
+    metrics, dets = evaluate_model(model, loader, dataset.coco_gt(), names, device, args.amp)
+    assert metrics is not None
+    print(format_table(metrics))
+    if args.out:
+        data = {k: metrics[k] for k in AP_KEYS}
+        data["per_class"] = metrics["per_class"]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out, data)
+        print(f"metrics written to {args.out}")
+    if args.save_detections:
+        args.save_detections.parent.mkdir(parents=True, exist_ok=True)
+        args.save_detections.write_text(json.dumps(dets))
+        print(f"{len(dets)} detections written to {args.save_detections}")
+    return 0

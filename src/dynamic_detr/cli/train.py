@@ -1,0 +1,45 @@
+"""`dynamic-detr train`: train on a COCO-format dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_config_args, resolve_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train on a COCO-format dataset",
+                       description="Train Dynamic DETR. --data DIR holds annotations/instances_<split>.json and "
+                                   "<split>/ image folders (splits: data.train_split / data.val_split).")
+    p.add_argument("--data", required=True, type=Path, help="dataset root")
+    add_config_args(p, default_preset="cpu_small")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
+    p.add_argument("--epochs", type=int, help="number of epochs (default: train.epochs of the config)")
+    p.add_argument("--minutes", type=float, help="training time budget; stops at whichever budget ends first")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue the run in --out (or the given run folder / checkpoint) where it stopped")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.trainer import Trainer
+
+    cfg = resolve_config(args)
+    out = args.out
+    if out is None:
+        out = Path(args.resume) if args.resume not in (False, True) else Path("runs") / cfg.name
+        if out.suffix == ".pt":
+            out = out.parent
+    trainer = Trainer(cfg, args.data, out, epochs=args.epochs, minutes=args.minutes, resume=args.resume,
+                      device=args.device)
+    result = trainer.fit()
+    if trainer.dist.is_main:
+        print(f"{result.status} after {result.epochs_done} epoch(s); run folder: {result.out}")
+        if result.metrics:
+            print(f"final AP {result.metrics['AP']:.2f}  AP50 {result.metrics['AP50']:.2f}  "
+                  f"APs {result.metrics['APs']:.2f}  (metrics.json)")
+    if result.status == "interrupted":
+        return 130
+    return 1 if result.status.startswith("stopped") else 0

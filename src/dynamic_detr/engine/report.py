@@ -1,0 +1,129 @@
+"""The run folder's human-readable side: results.csv, TensorBoard events, plots.
+
+Only rank 0 creates a `RunReport`. `results.csv` is rewritten whole (atomically) after every epoch, so it is
+never half-written and a resumed run keeps its earlier rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class RunReport:
+    def __init__(self, out: Path, tensorboard: bool = True) -> None:
+        self.out = out
+        self.csv_path = out / "results.csv"
+        self.plots = out / "plots"
+        self.plots.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = self._read_rows()
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(out / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but never fail a run over it
+                self._tb = None
+
+    def _read_rows(self) -> list[dict[str, Any]]:
+        if not self.csv_path.exists():
+            return []
+        with self.csv_path.open(newline="") as f:
+            return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self._tb is not None:
+            self._tb.add_scalar(tag, value, step)
+
+    def add_epoch(self, row: dict[str, Any]) -> None:
+        """Replace any earlier row of the same epoch (a resumed run re-doing it), then rewrite the CSV."""
+        self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
+        columns: list[str] = []
+        for r in self.rows:
+            columns += [k for k in r if k not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow({k: _fmt(v) for k, v in r.items()})
+        _atomic_write_text(self.csv_path, buf.getvalue())
+        for k, v in row.items():
+            if isinstance(v, int | float) and k not in ("epoch", "step"):
+                self.scalar(f"epoch/{k}", float(v), int(row["epoch"]))
+        if self._tb is not None:
+            self._tb.flush()
+        self.plot_curves()
+
+    def plot_curves(self) -> None:
+        """plots/loss.png (every total and final-stage loss term) and plots/ap.png (AP metrics per epoch)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [r["epoch"] for r in self.rows]
+        loss_keys = [k for k in ("loss", "loss_class", "loss_bbox", "loss_giou") if any(k in r for r in self.rows)]
+        if loss_keys:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for k in loss_keys:
+                ax.plot(epochs, [r.get(k, math.nan) for r in self.rows], marker="o", label=k)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("training loss (epoch mean)")
+            ax.set_yscale("log")
+            ax.legend()
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(self.plots / "loss.png", dpi=100)
+            plt.close(fig)
+        ap_rows = [r for r in self.rows if isinstance(r.get("AP"), int | float)]
+        if ap_rows:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for k in AP_KEYS:
+                ax.plot([r["epoch"] for r in ap_rows], [r.get(k, math.nan) for r in ap_rows], marker="o", label=k)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("COCO AP (%)")
+            ax.legend()
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(self.plots / "ap.png", dpi=100)
+            plt.close(fig)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _num(v: str) -> Any:
+    if v == "":
+        return ""
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    import json
+
+    _atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,466 @@
+"""The training loop: AdamW (separate backbone lr), warm-up + step schedule, clipping, accumulation, AMP,
+EMA, epoch and time budgets, checkpoint/resume, evaluation, and the run folder.
+
+    run/config.yaml          resolved config (num_classes and category ids filled from the dataset)
+    run/results.csv          one row per epoch: every loss term, lr, time, val AP..APl
+    run/tensorboard/         TensorBoard events
+    run/last.pt, best.pt     full training state (atomic writes; `weights_only` loadable)
+    run/weights/last.safetensors, best.safetensors   model weights (+ config in the metadata)
+    run/plots/               loss.png, ap.png, val_predictions.png
+    run/metrics.json         final COCO evaluation
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config
+from ..errors import CheckpointError, ConfigError, UserError
+from . import distributed as dist_utils
+from .checkpoint import check_compatible, load_checkpoint, save_checkpoint, save_weights
+from .inference import autocast, evaluate_model
+from .report import AP_KEYS, RunReport, atomic_write_json
+from .sampler import ResumableSampler, SeededDataset
+from .schedule import WarmupStepSchedule
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    metrics: dict[str, Any] | None
+    epochs_done: int
+    status: str
+    """"finished", "time budget", "interrupted" or "stopped: non-finite"."""
+
+
+class _StopFlag:
+    """SIGINT / SIGTERM ask the loop to stop after the current step and write a checkpoint."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+              "(again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """Train `cfg` on the COCO-format dataset at `data` and write everything to `out`.
+
+    `epochs` / `minutes`: the budget (either or both; the run stops at whichever comes first).
+    `resume`: continue from `out/last.pt` (or from the given checkpoint / run folder).
+    """
+
+    def __init__(self, cfg: Config, data: Path, out: Path, *, epochs: int | None = None,
+                 minutes: float | None = None, resume: bool | str | Path = False, device: str | None = None,
+                 log_every: int = 20, progress: bool | None = None) -> None:
+        self.dist = dist_utils.init_distributed(device)
+        self.device = self.dist.device
+        self.data_root = Path(data)
+        self.out = Path(out)
+        self.log_every = log_every
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        resume_state = self._find_resume(resume)
+        if resume_state is not None:
+            saved = Config.from_dict(resume_state["config"], source="checkpoint config")
+            cfg = saved  # the run's own config wins: a resumed run is the same run
+        if epochs is not None:
+            cfg.train.epochs = epochs
+        self.minutes = minutes if minutes is not None else (resume_state or {}).get("minutes")
+        if cfg.train.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.amp=fp16 needs CUDA; use train.amp=bf16 on CPU")
+        self.cfg = cfg
+        self._seed_everything(cfg.train.seed + self.dist.rank, cfg.train.deterministic)
+        self._build_data()
+        self._build_model()
+        self.state = {"epoch": 0, "epoch_samples": 0, "step": 0, "elapsed": 0.0, "best_ap": -1.0,
+                      "nonfinite_total": 0}
+        if resume_state is not None:
+            self._load_state(resume_state)
+        self.report = RunReport(self.out) if self.dist.is_main else None
+        self._last_metrics: dict[str, Any] | None = None
+        self._last_dets: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ setup
+    def _find_resume(self, resume: bool | str | Path) -> dict[str, Any] | None:
+        if resume is False or resume is None:
+            return None
+        path = self.out if resume is True else Path(resume)
+        if path.is_dir():
+            self.out = path if resume is not True else self.out
+            path = path / "last.pt"
+        if not path.exists():
+            raise CheckpointError(f"{path}: no checkpoint to resume from")
+        state = load_checkpoint(path)
+        if "optimizer" not in state:
+            raise CheckpointError(f"{path}: holds weights only, not a training state; cannot resume from it")
+        return state
+
+    @staticmethod
+    def _seed_everything(seed: int, deterministic: bool) -> None:
+        import random
+
+        import numpy as np
+
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            if torch.backends.cudnn.is_available():
+                torch.backends.cudnn.benchmark = False
+
+    def _build_data(self) -> None:
+        from ..data.coco import CocoDetection
+        from ..data.collate import build_loader
+        from ..data.transforms import build_transforms
+
+        d, t = self.cfg.data, self.cfg.train
+        self.train_set = CocoDetection(self.data_root, d.train_split)
+        self.val_set = CocoDetection(self.data_root, d.val_split)
+        if len(self.train_set) == 0:
+            raise UserError(f"{self.data_root}: split '{d.train_split}' has no usable images")
+        m = self.cfg.model
+        ids, names = list(self.train_set.category_ids), list(self.train_set.class_names)
+        if m.category_ids and m.category_ids != ids:
+            raise ConfigError(f"{self.data_root}: categories differ from the run's config "
+                              f"({len(ids)} vs {len(m.category_ids)} classes)")
+        m.num_classes, m.category_ids, m.class_names = len(ids), ids, names
+        self.train_sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=t.seed,
+                                              num_replicas=self.dist.world_size, rank=self.dist.rank)
+        self.val_sampler = ResumableSampler(len(self.val_set), shuffle=False, pad=False,
+                                            num_replicas=self.dist.world_size, rank=self.dist.rank)
+        workers = d.num_workers
+        self.train_loader = build_loader(SeededDataset(self.train_set, build_transforms(d, train=True)),
+                                         t.batch_size, train=True, num_workers=workers,
+                                         size_divisibility=d.size_divisibility, sampler=self.train_sampler,
+                                         seed=t.seed)
+        self.val_loader = build_loader(SeededDataset(self.val_set, build_transforms(d, train=False)),
+                                       t.batch_size, train=False, num_workers=workers,
+                                       size_divisibility=d.size_divisibility, sampler=self.val_sampler,
+                                       seed=t.seed)
+
+    def _build_model(self) -> None:
+        from ..model import DynamicDETR
+        from ..objective.criterion import SetCriterion
+
+        cfg = self.cfg
+        model = DynamicDETR(cfg.model).to(self.device)
+        self.model = model
+        self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss, cfg.model.class_loss)
+        backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.body.") and p.requires_grad]
+        backbone_ids = {id(p) for p in backbone}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        t = cfg.train
+        groups = [{"params": rest, "lr": t.lr}, {"params": backbone, "lr": t.lr_backbone}]
+        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+        drop_at = [e / t.epochs for e in t.lr_drop_epochs if 0 < e < t.epochs]
+        self.schedule = WarmupStepSchedule([t.lr, t.lr_backbone], t.warmup_iters, t.warmup_factor, drop_at,
+                                           t.lr_gamma)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
+        self.ema = None
+        if t.ema:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+        self.ddp = model
+        if self.dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        check_compatible(state["model"], self.model)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        for k in self.state:
+            if k in state:
+                self.state[k] = state[k]
+        if state.get("world_size", 1) != self.dist.world_size or state.get("batch_size") != self.cfg.train.batch_size:
+            self.state["epoch_samples"] = 0  # a different sharding: restart the interrupted epoch
+        if "rng_torch" in state:
+            torch.set_rng_state(state["rng_torch"])
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            **self.state,
+            "minutes": self.minutes,
+            "world_size": self.dist.world_size,
+            "batch_size": self.cfg.train.batch_size,
+            "rng_torch": torch.get_rng_state(),
+        }
+
+    def save(self, best: bool = False) -> None:
+        if not self.dist.is_main:
+            return
+        state = self._state_dict()
+        save_checkpoint(self.out / "last.pt", state)
+        meta = {"config": _json(self.cfg.to_dict())}
+        weights = self.ema.module.state_dict() if self.ema is not None else self.model.state_dict()
+        (self.out / "weights").mkdir(exist_ok=True)
+        save_weights(self.out / "weights" / "last.safetensors", weights, meta)
+        if best:
+            save_checkpoint(self.out / "best.pt", state)
+            save_weights(self.out / "weights" / "best.safetensors", weights, meta)
+
+    # ------------------------------------------------------------------ loop
+    def _progress(self, step: int) -> float:
+        t = self.cfg.train
+        total = t.epochs * math.ceil(self.train_sampler.per_rank() / t.batch_size / t.accumulate)
+        p = step / max(total, 1)
+        if self.minutes:
+            p = max(p, self.state["elapsed"] / (60 * self.minutes))
+        return min(p, 1.0)
+
+    def _out_of_time(self) -> bool:
+        return bool(self.minutes) and self.state["elapsed"] >= 60 * self.minutes
+
+    def fit(self) -> TrainResult:
+        t = self.cfg.train
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.cfg.dump(self.out / "config.yaml")
+        status = "finished"
+        with _StopFlag() as stop:
+            while self.state["epoch"] < t.epochs:
+                status = self._train_epoch(stop)
+                if status not in ("epoch done",):
+                    break
+                epoch = self.state["epoch"]
+                last = epoch >= t.epochs or self._out_of_time()
+                metrics = self._evaluate() if (epoch % t.eval_every == 0 or last) else None
+                self._end_epoch(metrics)
+                status = "finished"
+                if self._out_of_time():
+                    status = "time budget"
+                    break
+            if status == "time budget mid-epoch":  # stopped inside an epoch: record it as a (partial) epoch
+                self.state["epoch"] += 1
+                self.state["epoch_samples"] = 0
+                self._end_epoch(self._evaluate())
+                status = "time budget"
+            elif status in ("interrupted", "stopped: non-finite"):
+                self.save()
+        metrics = self._write_final_metrics() if status in ("finished", "time budget") else None
+        if self.report is not None:
+            self.report.close()
+        return TrainResult(self.out, metrics, self.state["epoch"], status)
+
+    def _train_epoch(self, stop: _StopFlag) -> str:
+        t = self.cfg.train
+        epoch = self.state["epoch"]
+        self.train_sampler.set_epoch(epoch, start=self.state["epoch_samples"])
+        self.ddp.train()
+        sums: dict[str, float] = defaultdict(float)
+        count, nonfinite_run, skipped = 0, 0, 0
+        t0 = time.perf_counter()
+        last_tick = t0
+        iterator = self.train_loader
+        bar = None
+        if self.progress and self.dist.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(iterator, total=len(self.train_loader), desc=f"epoch {epoch + 1}/{t.epochs}",
+                       dynamic_ncols=True, leave=True)
+            iterator = bar
+        micro = 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        for batch in iterator:
+            batch = batch.to(self.device)
+            with autocast(self.device, t.amp):
+                outputs = self.ddp(batch.images, batch.masks)
+            losses = self.criterion(_float(outputs), batch.targets)
+            loss = losses["loss"]
+            finite = not dist_utils.any_rank(not bool(torch.isfinite(loss)), self.device)
+            micro += 1
+            if finite:
+                self.scaler.scale(loss / t.accumulate).backward()
+            boundary = micro % t.accumulate == 0
+            if boundary:
+                if finite:
+                    self.scaler.unscale_(self.optimizer)
+                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                    norm = torch.nn.utils.clip_grad_norm_(params, t.clip_max_norm if t.clip_max_norm > 0 else
+                                                          float("inf"))
+                    finite = not dist_utils.any_rank(not bool(torch.isfinite(norm)), self.device)
+                if finite:
+                    lr = self.schedule.apply(self.optimizer, self.state["step"], self._progress(self.state["step"]))
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.model)
+                    self.state["step"] += 1
+                    nonfinite_run = 0
+                else:
+                    skipped += 1
+                    nonfinite_run += 1
+                    self.state["nonfinite_total"] += 1
+                    warnings.warn(f"non-finite loss or gradient at step {self.state['step']}: step skipped "
+                                  f"({nonfinite_run} in a row)", RuntimeWarning, stacklevel=1)
+                self.optimizer.zero_grad(set_to_none=True)
+            now = time.perf_counter()
+            self.state["elapsed"] += now - last_tick
+            last_tick = now
+            self.state["epoch_samples"] += len(batch.targets)
+            if finite:
+                count += 1
+                for k, v in losses.items():
+                    sums[k] += float(v.detach())
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.1e}")
+            elif self.dist.is_main and self.state["step"] % self.log_every == 0 and boundary:
+                print(f"epoch {epoch + 1} step {self.state['step']} loss {float(loss):.4f} lr {lr:.2e} "
+                      f"elapsed {self.state['elapsed'] / 60:.1f} min", flush=True)
+            if self.report is not None and boundary and finite:
+                self.report.scalar("train/loss", float(loss), self.state["step"])
+                self.report.scalar("train/lr", lr, self.state["step"])
+            if nonfinite_run >= t.max_nonfinite_steps:
+                print(f"error: {nonfinite_run} non-finite steps in a row: stopping; the last good checkpoint "
+                      f"is {self.out / 'last.pt'} (try a lower train.lr or train.amp=none)", file=sys.stderr)
+                return "stopped: non-finite"
+            if boundary and t.checkpoint_every and self.state["step"] % t.checkpoint_every == 0:
+                self.save()
+            stop_now = dist_utils.any_rank(stop.requested, self.device) if boundary else False
+            if stop_now:
+                if bar is not None:
+                    bar.close()
+                return "interrupted"
+            if boundary and self._out_of_time():
+                if bar is not None:
+                    bar.close()
+                self._epoch_sums = (sums, count, skipped, time.perf_counter() - t0, lr)
+                return "time budget mid-epoch"
+        if bar is not None:
+            bar.close()
+        self._epoch_sums = (sums, count, skipped, time.perf_counter() - t0, lr)
+        self.state["epoch"] += 1
+        self.state["epoch_samples"] = 0
+        return "epoch done"
+
+    def _evaluate(self) -> dict[str, Any] | None:
+        names = dict(zip(self.cfg.model.category_ids, self.cfg.model.class_names, strict=True))
+        gt = self.val_set.coco_gt()
+        metrics, dets = evaluate_model(self.model, self.val_loader, gt, names, self.device, self.cfg.train.amp)
+        if self.ema is not None:
+            ema_metrics, ema_dets = evaluate_model(self.ema.module, self.val_loader, gt, names, self.device,
+                                                   self.cfg.train.amp)
+            if metrics is not None:
+                ema_metrics["raw"] = {k: metrics[k] for k in AP_KEYS}
+                metrics, dets = ema_metrics, ema_dets
+        self._last_dets = dets
+        return metrics
+
+    def _end_epoch(self, metrics: dict[str, Any] | None) -> None:
+        sums, count, skipped, seconds, lr = self._epoch_sums
+        mean = {k: v / max(count, 1) for k, v in sums.items()}
+        mean = dist_utils.all_reduce_mean(mean, self.device)
+        best = False
+        if metrics is not None and metrics["AP"] > self.state["best_ap"]:
+            self.state["best_ap"] = metrics["AP"]
+            best = True
+        self.state["best_ap"] = dist_utils.broadcast_object(self.state["best_ap"])
+        self.save(best=dist_utils.broadcast_object(best))
+        if not self.dist.is_main:
+            return
+        row: dict[str, Any] = {"epoch": self.state["epoch"], "step": self.state["step"], "lr": lr,
+                               "epoch_time_s": round(seconds, 1), "elapsed_min": round(self.state["elapsed"] / 60, 2),
+                               "skipped_steps": skipped}
+        row.update(mean)
+        if metrics is not None:
+            self._last_metrics = metrics
+            row.update({k: round(metrics[k], 2) for k in AP_KEYS})
+            for k, v in metrics.get("raw", {}).items():
+                row[f"raw_{k}"] = round(v, 2)
+            self._draw_val_predictions()
+        assert self.report is not None
+        self.report.add_epoch(row)
+        ap = f"  AP {metrics['AP']:.1f} AP50 {metrics['AP50']:.1f} APs {metrics['APs']:.1f}" if metrics else ""
+        print(f"epoch {self.state['epoch']}: loss {mean.get('loss', math.nan):.4f}  {seconds:.0f}s{ap}", flush=True)
+
+    def _draw_val_predictions(self, n: int = 8) -> None:
+        from .visualize import draw_detections, save_grid
+
+        names = dict(zip(self.cfg.model.category_ids, self.cfg.model.class_names, strict=True))
+        ids = self.val_set.image_ids[:n] if hasattr(self.val_set, "image_ids") else []
+        tiles = []
+        for i, image_id in enumerate(ids):
+            image, _ = self.val_set[i]
+            dets = [d for d in self._last_dets if d["image_id"] == image_id]
+            if not dets:
+                tiles.append(torch.as_tensor(image))
+                continue
+            boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)])
+            scores = torch.tensor([d["score"] for d in dets])
+            labels = torch.tensor([d["category_id"] for d in dets])
+            tiles.append(draw_detections(torch.as_tensor(image), boxes, scores, labels, names, threshold=0.3))
+        if tiles:
+            save_grid(tiles, self.out / "plots" / "val_predictions.png")
+
+    def _write_final_metrics(self) -> dict[str, Any] | None:
+        """metrics.json: the last evaluation of the run (EMA weights when EMA is on)."""
+        metrics = self._last_metrics
+        if not self.dist.is_main or metrics is None:
+            return metrics
+        data = {k: metrics[k] for k in AP_KEYS}
+        data["per_class"] = metrics.get("per_class", {})
+        if "raw" in metrics:
+            data["raw"] = metrics["raw"]
+        data.update(epoch=self.state["epoch"], step=self.state["step"], weights="ema" if self.ema else "raw")
+        atomic_write_json(self.out / "metrics.json", data)
+        return data
+
+
+def _float(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Model outputs in float32 for the loss (they may be bf16 under autocast)."""
+    def cast(v):
+        if torch.is_tensor(v):
+            return v.float()
+        if isinstance(v, list):
+            return [cast(x) for x in v]
+        if isinstance(v, dict):
+            return {k: cast(x) for k, x in v.items()}
+        return v
+    return cast(outputs)
+
+
+def _json(data: Any) -> str:
+    import json
+
+    return json.dumps(data)
+
+
