@@ -1,0 +1,142 @@
+"""Set-prediction loss with deep supervision: every decoder stage is matched and supervised on its own.
+
+Per stage s: class loss (sigmoid focal as in Deformable DETR / Sparse R-CNN, or DETR's softmax cross-entropy
+with a down-weighted no-object class), L1 on cxcywh and 1 - GIoU on the matched pairs; the L1 / GIoU (and
+focal) sums are divided by the number of target boxes, averaged over processes (DETR).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from ..config import LossConfig
+from .boxes import safe_xyxy
+from .matcher import HungarianMatcher
+
+
+class SetCriterion(nn.Module):
+    """DETR-style loss over all decoder stages.
+
+    Args:
+        num_classes: C, number of object classes (labels 0..C-1).
+        cfg: matching costs, loss weights, focal alpha / gamma, no-object weight.
+        class_loss: "focal" (logits [B, K, C]) or "softmax" (logits [B, K, C + 1], last = no-object).
+    """
+
+    def __init__(self, num_classes: int, cfg: LossConfig, class_loss: str) -> None:
+        super().__init__()
+        if class_loss not in ("focal", "softmax"):
+            raise ValueError(f"class_loss must be 'focal' or 'softmax', got {class_loss!r}")
+        self.num_classes = num_classes
+        self.cfg = cfg
+        self.class_loss = class_loss
+        self.matcher = HungarianMatcher(cfg.cost_class, cfg.cost_bbox, cfg.cost_giou, class_loss,
+                                        cfg.focal_alpha, cfg.focal_gamma)
+        # DETR's eos_coef: weight of the no-object class in the softmax cross-entropy
+        class_weight = torch.ones(num_classes + 1)
+        class_weight[-1] = cfg.no_object_weight
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Losses for a batch.
+
+        Args:
+            outputs: `logits` [B, K, C'], `boxes` [B, K, 4] cxcywh normalised and `stages`, one
+                {"logits", "boxes"} per decoder stage (last = final); without `stages` only the final
+                prediction is supervised.
+            targets: B dicts with `boxes` [N_b, 4] cxcywh normalised and `labels` int64 [N_b] in 0..C-1.
+
+        Returns:
+            `loss_class_{s}`, `loss_bbox_{s}`, `loss_giou_{s}` (unweighted, s = 0..S-1), `loss_class`,
+            `loss_bbox`, `loss_giou` (= final stage) and `loss` (weighted sum over all stages), all float32
+            scalars; `loss` carries the gradient.
+        """
+        stages = outputs.get("stages") or [outputs]
+        device = stages[-1]["logits"].device
+        targets = [{"boxes": t["boxes"].to(device, torch.float32), "labels": t["labels"].to(device)}
+                   for t in targets]
+        self._check_labels(targets)
+        expected = self.num_classes + (self.class_loss == "softmax")
+        if stages[-1]["logits"].shape[-1] != expected:
+            raise ValueError(f"{self.class_loss} loss with {self.num_classes} classes expects logits [B, K, "
+                             f"{expected}], got {list(stages[-1]['logits'].shape)}")
+        num_boxes = self._num_boxes(targets, device)
+        w = self.cfg
+        losses: dict[str, Tensor] = {}
+        total = torch.zeros((), device=device)
+        with torch.autocast(device_type=device.type, enabled=False):
+            for s, stage in enumerate(stages):
+                logits, boxes = stage["logits"].float(), stage["boxes"].float()
+                matches = self.matcher(logits, boxes, targets)
+                terms = {
+                    "class": self.loss_class(logits, targets, matches, num_boxes),
+                    **self.loss_boxes(boxes, targets, matches, num_boxes),
+                }
+                for name, value in terms.items():
+                    losses[f"loss_{name}_{s}"] = value
+                total = total + w.loss_class * terms["class"] + w.loss_bbox * terms["bbox"] \
+                    + w.loss_giou * terms["giou"]
+        last = len(stages) - 1
+        for name in ("class", "bbox", "giou"):
+            losses[f"loss_{name}"] = losses[f"loss_{name}_{last}"]
+        losses["loss"] = total
+        return losses
+
+    # ------------------------------------------------------------------ terms
+    def loss_class(self, logits: Tensor, targets: list[dict[str, Tensor]],
+                   matches: list[tuple[Tensor, Tensor]], num_boxes: Tensor) -> Tensor:
+        """Class loss over all K queries of every image; unmatched queries are trained towards "no object"
+        (all sigmoids 0 for focal, the extra class for softmax). logits [B, K, C']."""
+        B, K = logits.shape[:2]
+        batch_idx, pred_idx, tgt_labels = self._matched(targets, matches, logits.device)
+        target_classes = torch.full((B, K), self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes[batch_idx, pred_idx] = tgt_labels
+        if self.class_loss == "softmax":
+            # DETR: weighted mean over queries, sum(w_q * CE_q) / sum(w_q), w = no_object_weight for "none"
+            weight = self.class_weight.to(logits.device)
+            return F.cross_entropy(logits.transpose(1, 2), target_classes, weight=weight)
+        # Deformable DETR: sum of the per-logit focal terms / number of target boxes
+        onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
+        focal = sigmoid_focal_loss(logits, onehot, alpha=self.cfg.focal_alpha, gamma=self.cfg.focal_gamma,
+                                   reduction="sum")
+        return focal / num_boxes
+
+    def loss_boxes(self, boxes: Tensor, targets: list[dict[str, Tensor]],
+                   matches: list[tuple[Tensor, Tensor]], num_boxes: Tensor) -> dict[str, Tensor]:
+        """`bbox`: L1 on cxcywh, `giou`: 1 - GIoU, both summed over matched pairs / num_boxes.
+        boxes [B, K, 4] cxcywh normalised."""
+        batch_idx, pred_idx, _ = self._matched(targets, matches, boxes.device)
+        src = boxes[batch_idx, pred_idx]  # [M, 4]
+        tgt = torch.cat([t["boxes"][j.to(boxes.device)] for t, (_, j) in zip(targets, matches, strict=True)])
+        l1 = F.l1_loss(src, tgt, reduction="sum")
+        giou = generalized_box_iou_loss(safe_xyxy(src), safe_xyxy(tgt), reduction="sum")
+        return {"bbox": l1 / num_boxes, "giou": giou / num_boxes}
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _matched(targets: list[dict[str, Tensor]], matches: list[tuple[Tensor, Tensor]],
+                 device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Flattened (image index [M], query index [M], target label [M]) of all matched pairs."""
+        batch_idx = torch.cat([torch.full_like(i, b) for b, (i, _) in enumerate(matches)]).to(device)
+        pred_idx = torch.cat([i for i, _ in matches]).to(device)
+        labels = torch.cat([t["labels"][j.to(device)] for t, (_, j) in zip(targets, matches, strict=True)])
+        return batch_idx, pred_idx, labels
+
+    def _check_labels(self, targets: list[dict[str, Tensor]]) -> None:
+        labels = torch.cat([t["labels"] for t in targets])
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"target labels must be in 0..{self.num_classes - 1}, got "
+                             f"{int(labels.min())}..{int(labels.max())}")
+
+    @staticmethod
+    def _num_boxes(targets: list[dict[str, Tensor]], device: torch.device) -> Tensor:
+        """Target boxes per process, averaged over processes (DDP averages gradients), at least 1."""
+        n = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(n)
+            n = n / dist.get_world_size()
+        return n.clamp(min=1)
