@@ -1,0 +1,155 @@
+"""COCO-format detection dataset: `DIR/annotations/instances_<split>.json`, images under `DIR/<split>/`.
+
+Validation (what stops, what is skipped) is `records.load_records`; see docs/data.md for the policy.
+Pixels are read lazily in `__getitem__`; a file that fails to decode there is replaced by the next
+readable sample (counted in `load_failures`, warned once) so that a long run never dies on one bad file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+
+from ..errors import DatasetError
+from .image_io import ImageReadError, read_image
+from .records import Records, load_records
+
+log = logging.getLogger(__name__)
+
+
+class DatasetWarning(UserWarning):
+    """Records were skipped or repaired while loading a dataset."""
+
+
+_SKIP_KINDS = {
+    "bad_box": "annotations with a bad box",
+    "unknown_image": "annotations of unknown images",
+    "unsafe_path": "images whose file_name escapes the image folder",
+    "missing_file": "images whose file is missing",
+    "clipped_box": "boxes clipped to their image",
+}
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO detection split with contiguous labels.
+
+    `dataset[i]` is `(image, target)`: image `tv_tensors.Image` uint8 [3, H, W] (upright RGB) before
+    `transforms`; target `boxes` `tv_tensors.BoundingBoxes` [N, 4] XYXY absolute pixels (float32),
+    `labels` int64 [N] in 0..C-1, `image_id` int (the dataset's id), `orig_size` int64 [2] = (h, w) of the
+    decoded file. Crowd annotations (`iscrowd=1`) are not training targets (DETR) but stay in `coco_gt()`.
+
+    Attributes: `category_ids[label] = dataset category id`, `class_names[label]`, `cat_id_to_label`,
+    `image_ids` (in serving order), `records` (the validated `Records`).
+    """
+
+    def __init__(self, root: Path | str, split: str, transforms: Callable | None = None) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.transforms = transforms
+        self.records: Records = load_records(self.root, split, strict=True, check_files=True)
+        cats = self.records.categories
+        self.category_ids: list[int] = [c["id"] for c in cats]
+        self.class_names: list[str] = [c["name"] for c in cats]
+        self.cat_id_to_label: dict[int, int] = {cid: i for i, cid in enumerate(self.category_ids)}
+        self.image_ids: list[int] = [img["id"] for img in self.records.images]
+        self.load_failures: Counter[str] = Counter()
+        self._warned: set[str] = set()
+        self._targets = [self._target_arrays(img) for img in self.records.images]
+        self._warn_summary()
+
+    # ------------------------------------------------------------------ construction helpers
+    def _target_arrays(self, img: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        anns = [a for a in self.records.annotations[img["id"]] if not a["iscrowd"]]
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        labels = torch.tensor([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
+        return boxes, labels
+
+    def _warn_summary(self) -> None:
+        issues = self.records.issues
+        if not issues:
+            return
+        counts = Counter(i.kind for i in issues)
+        parts = [f"{n} {_SKIP_KINDS.get(kind, kind)}" for kind, n in counts.items()]
+        first = next((i for i in issues if i.severity == "error"), issues[0]).message
+        warnings.warn(
+            f"{self.records.ann_file}: skipped or repaired {', '.join(parts)}; first: {first}. "
+            f"Run `dynamic-detr data check --data {self.root} --split {self.split}` for the full list.",
+            DatasetWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ dataset protocol
+    def __len__(self) -> int:
+        return len(self.records.images)
+
+    def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        n = len(self)
+        if not 0 <= index < n:
+            if -n <= index < 0:
+                index += n
+            else:
+                raise IndexError(f"index {index} out of range for {n} images")
+        for attempt in range(n):
+            i = (index + attempt) % n
+            try:
+                image, target = self._load(i)
+            except ImageReadError as e:
+                self._note_failure(str(e))
+                continue
+            if self.transforms is not None:
+                image, target = self.transforms(image, target)
+            return image, target
+        raise DatasetError(f"{self.records.image_dir}: none of the {n} images of split '{self.split}' "
+                           "could be read")
+
+    def _load(self, i: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        info = self.records.images[i]
+        path = self.records.image_path(info)
+        image = read_image(path)
+        h, w = image.shape[-2:]
+        boxes, labels = self._targets[i]
+        if (w, h) != (info["width"], info["height"]):
+            # the JSON disagrees with the (upright) file: keep the file's frame, clamp, drop empty boxes
+            self._note_failure(f"{path}: image is {w}x{h} but {self.records.ann_file.name} says "
+                               f"{info['width']}x{info['height']} (image {info['id']}); boxes clamped",
+                               kind="size_mismatch")
+            boxes = boxes.clone()
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, labels = boxes[keep], labels[keep]
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=(h, w)),
+            "labels": labels.clone(),
+            "image_id": int(info["id"]),
+            "orig_size": torch.tensor([h, w], dtype=torch.int64),
+        }
+        return image, target
+
+    def _note_failure(self, message: str, kind: str = "unreadable") -> None:
+        self.load_failures[kind] += 1
+        log.debug("%s", message)
+        if kind not in self._warned:
+            self._warned.add(kind)
+            action = "replaced by another sample" if kind == "unreadable" else "used as is"
+            warnings.warn(f"{message}; {action} (further problems are counted in `load_failures`, "
+                          "not warned)", DatasetWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ evaluation
+    def coco_gt(self):
+        """`pycocotools.coco.COCO` of exactly the images and annotations served (crowd ones included)."""
+        from pycocotools.coco import COCO
+
+        gt = COCO()
+        gt.dataset = self.records.coco_dict()
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            gt.createIndex()
+        return gt

@@ -1,0 +1,90 @@
+"""Batching: pad images to a common size, DETR-style padding masks, boxes in the model's frame."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.ops import box_convert
+
+
+@dataclass
+class Batch:
+    """images float [B, 3, H, W] (zero padding bottom / right); masks bool [B, H, W] (True = padding);
+    targets: per image `boxes` float [N, 4] cxcywh normalised by the image's own unpadded size, `labels`
+    int64 [N], `image_id` int, `orig_size` int64 [2] (h, w of the file), `size` int64 [2] (h, w unpadded)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    targets: list[dict[str, Any]]
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
+        def move(v: Any) -> Any:
+            return v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
+
+        return Batch(images=move(self.images), masks=move(self.masks),
+                     targets=[{k: move(v) for k, v in t.items()} for t in self.targets])
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True)."""
+        def pin(v: Any) -> Any:
+            return v.pin_memory() if torch.is_tensor(v) else v
+
+        return Batch(images=pin(self.images), masks=pin(self.masks),
+                     targets=[{k: pin(v) for k, v in t.items()} for t in self.targets])
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple if multiple > 1 else x
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]], size_divisibility: int = 32) -> Batch:
+    """`(image, target)` pairs after transforms (image [3, h, w] float in [0, 1], or uint8 which is scaled;
+    target `boxes` XYXY absolute in that image) -> `Batch`."""
+    if not batch:
+        raise ValueError("collate: empty batch")
+    images = [torch.Tensor.as_subclass(img, torch.Tensor) for img, _ in batch]
+    images = [img.float().div_(255) if img.dtype == torch.uint8 else img for img in images]
+    h_max = _round_up(max(img.shape[-2] for img in images), size_divisibility)
+    w_max = _round_up(max(img.shape[-1] for img in images), size_divisibility)
+    out = images[0].new_zeros((len(images), images[0].shape[0], h_max, w_max))
+    masks = torch.ones((len(images), h_max, w_max), dtype=torch.bool, device=out.device)
+    targets = []
+    for i, (img, (_, t)) in enumerate(zip(images, batch, strict=True)):
+        h, w = img.shape[-2:]
+        out[i, :, :h, :w].copy_(img)
+        masks[i, :h, :w] = False
+        boxes = torch.Tensor.as_subclass(t["boxes"], torch.Tensor).float().reshape(-1, 4)
+        scale = boxes.new_tensor([w, h, w, h])
+        targets.append({
+            "boxes": box_convert(boxes, "xyxy", "cxcywh") / scale,
+            "labels": torch.as_tensor(t["labels"], dtype=torch.int64).reshape(-1),
+            "image_id": int(t["image_id"]),
+            "orig_size": torch.as_tensor(t["orig_size"], dtype=torch.int64),
+            "size": torch.tensor([h, w], dtype=torch.int64),
+        })
+    return Batch(images=out, masks=masks, targets=targets)
+
+
+def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0,
+                 size_divisibility: int = 32, sampler: Sampler | None = None, seed: int = 0) -> DataLoader:
+    """A DataLoader of `Batch`es: shuffled when `train` and no `sampler`; seeded generator; persistent
+    workers when `num_workers > 0`; pinned memory when CUDA is available; drop_last=False."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=functools.partial(collate, size_divisibility=size_divisibility),
+        pin_memory=torch.cuda.is_available(),
+        drop_last=False,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )

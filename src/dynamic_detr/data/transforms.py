@@ -1,0 +1,100 @@
+"""Augmentation recipes with `torchvision.transforms.v2` (images, boxes and labels transformed together).
+
+Train (DETR / paper recipe): horizontal flip; then with probability 1 - crop_prob a multi-scale resize
+(short side drawn from `train_short_sides`, long side capped at `train_max_size`), else resize-crop-resize
+(short side from `crop_resize_sides`, a random crop with sides in `crop_size`, then the multi-scale resize);
+drop boxes the crop emptied; uint8 -> float32 in [0, 1]. No mean/std normalisation: the model does it.
+Eval: resize the short side to `eval_short_side` (long side capped at `eval_max_size`), to float.
+
+`v2.Resize(size=[s], max_size=m)` does exactly "short side = s unless the long side would exceed m, then
+long side = m" (tests/data check it), so it is reused; it needs m > s, which `build_transforms` checks.
+All randomness comes from torch's RNG, so `engine.sampler.SeededDataset` makes it reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from ..config import DataConfig
+from ..errors import ConfigError
+
+
+class RandomSizeCrop(v2.Transform):
+    """Crop a random `h x w` window, each side uniform in [min_size, max_size] (capped by the image), at a
+    uniformly random position (DETR's RandomSizeCrop). Boxes are shifted and clipped to the window; the ones
+    left empty are removed by a later `SanitizeBoundingBoxes`."""
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        super().__init__()
+        if not 1 <= min_size <= max_size:
+            raise ValueError(f"RandomSizeCrop needs 1 <= min_size <= max_size, got {min_size}, {max_size}")
+        self.min_size = min_size
+        self.max_size = max_size
+
+    def _side(self, limit: int) -> int:
+        hi = min(limit, self.max_size)
+        lo = min(self.min_size, hi)
+        return int(torch.randint(lo, hi + 1, ()))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        h, w = self._side(height), self._side(width)
+        top = int(torch.randint(0, height - h + 1, ()))
+        left = int(torch.randint(0, width - w + 1, ()))
+        return {"top": top, "left": left, "height": h, "width": w}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.crop, inpt, **params)
+
+
+def resize_short_side(sizes: list[int], max_size: int | None) -> v2.Transform:
+    """Resize the short side to one of `sizes` (uniformly chosen), capping the long side at `max_size`."""
+    resizes = [v2.Resize([s], max_size=max_size, antialias=True) for s in sizes]
+    return resizes[0] if len(resizes) == 1 else v2.RandomChoice(resizes)
+
+
+def _check(cfg: DataConfig) -> None:
+    for name, sides, cap in (("train_short_sides", cfg.train_short_sides, cfg.train_max_size),
+                             ("eval_short_side", [cfg.eval_short_side], cfg.eval_max_size)):
+        if not sides or min(sides) < 1:
+            raise ConfigError(f"data.{name} must be positive sizes, got {sides}")
+        if max(sides) >= cap:
+            cap_name = "train_max_size" if name.startswith("train") else "eval_max_size"
+            raise ConfigError(f"data.{cap_name} ({cap}) must exceed every data.{name} ({max(sides)})")
+    if not cfg.crop_resize_sides or min(cfg.crop_resize_sides) < 1:
+        raise ConfigError(f"data.crop_resize_sides must be positive sizes, got {cfg.crop_resize_sides}")
+    lo, hi = cfg.crop_size
+    if not 1 <= lo <= hi:
+        raise ConfigError(f"data.crop_size must be [min, max] with 1 <= min <= max, got {cfg.crop_size}")
+    for name in ("crop_prob", "hflip_prob"):
+        p = getattr(cfg, name)
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"data.{name} must be a probability in [0, 1], got {p}")
+
+
+def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
+    """The train or eval recipe; takes and returns `(image, target)` as served by `CocoDetection`."""
+    _check(cfg)
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    if not train:
+        return v2.Compose([resize_short_side([cfg.eval_short_side], cfg.eval_max_size), to_float])
+    multi_scale = resize_short_side(cfg.train_short_sides, cfg.train_max_size)
+    crop_branch = v2.Compose([
+        resize_short_side(cfg.crop_resize_sides, None),
+        RandomSizeCrop(cfg.crop_size[0], cfg.crop_size[1]),
+        multi_scale,
+    ])
+    branches = [multi_scale, crop_branch]
+    probs = [1.0 - cfg.crop_prob, cfg.crop_prob]
+    return v2.Compose([
+        v2.RandomHorizontalFlip(cfg.hflip_prob),
+        v2.RandomChoice(branches, p=probs),
+        v2.ClampBoundingBoxes(),  # float round-off at the right / bottom edge must not drop a box
+        v2.SanitizeBoundingBoxes(min_size=1.0),
+        to_float,
+    ])
+
