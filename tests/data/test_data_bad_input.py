@@ -243,3 +243,16 @@ def test_clean_dataset_has_no_warning(coco_writer) -> None:
         ds = CocoDetection(root, "train")
         ds[0]
     assert check_dataset(root, "train").warnings == []
+
+
+def test_exif_rotated_size_mismatch_named_in_check(coco_writer) -> None:
+    """The JSON gives the stored (sideways) size of a file with EXIF 'rotate 90': the warning says so."""
+    root = coco_writer(images=[image(1, w=30, h=40, name="0001.jpg")], annotations=[ann(1, 1, [1, 1, 4, 4])],
+                       write_images=False)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (30, 40)).save(root / "train" / "0001.jpg", exif=exif)  # upright: 40 wide, 30 high
+    report = check_dataset(root, "train")
+    assert report.exif_rotated == 1 and report.image_modes == {"RGB": 1}
+    assert report.warnings == [f"{root / 'train' / '0001.jpg'}: image is 40x30 after EXIF rotation but "
+                               "instances_train.json says 30x40 (image 1); boxes are clamped to the file"]

@@ -63,11 +63,12 @@ class CocoDetection(torch.utils.data.Dataset):
         self.image_ids: list[int] = [img["id"] for img in self.records.images]
         self.load_failures: Counter[str] = Counter()
         self._warned: set[str] = set()
-        self._targets = [self._target_arrays(img) for img in self.records.images]
         self._warn_summary()
 
     # ------------------------------------------------------------------ construction helpers
     def _target_arrays(self, img: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """boxes float32 [N, 4] XYXY and labels int64 [N] of the non-crowd annotations (built per call: a
+        tensor pair per image kept for COCO-sized sets would cost memory and copy-on-write in workers)."""
         anns = [a for a in self.records.annotations[img["id"]] if not a["iscrowd"]]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
@@ -115,20 +116,19 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.records.image_path(info)
         image = read_image(path)
         h, w = image.shape[-2:]
-        boxes, labels = self._targets[i]
+        boxes, labels = self._target_arrays(info)
         if (w, h) != (info["width"], info["height"]):
             # the JSON disagrees with the (upright) file: keep the file's frame, clamp, drop empty boxes
             self._note_failure(f"{path}: image is {w}x{h} but {self.records.ann_file.name} says "
                                f"{info['width']}x{info['height']} (image {info['id']}); boxes clamped",
                                kind="size_mismatch")
-            boxes = boxes.clone()
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             boxes, labels = boxes[keep], labels[keep]
         target = {
-            "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=(h, w)),
-            "labels": labels.clone(),
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+            "labels": labels,
             "image_id": int(info["id"]),
             "orig_size": torch.tensor([h, w], dtype=torch.int64),
         }
