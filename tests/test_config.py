@@ -40,7 +40,7 @@ def test_unknown_key_suggests(tmp_path):
 
 def test_wrong_type_is_an_error(tmp_path):
     (tmp_path / "c.yaml").write_text("train:\n  epochs: twelve\n")
-    with pytest.raises(ConfigError, match="train.epochs: expected an integer"):
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer"):
         load_config(tmp_path / "c.yaml")
 
 
@@ -54,7 +54,7 @@ def test_overrides_typed_and_validated():
     cfg = apply_overrides(get_preset("cpu_tiny"), ["train.lr=3e-4", "model.decoder.num_stages=2",
                                                      "data.crop_size=[64,96]", "model.class_loss=softmax"])
     assert cfg.train.lr == 3e-4 and cfg.model.decoder.num_stages == 2 and cfg.data.crop_size == [64, 96]
-    with pytest.raises(ConfigError, match="did you mean 'model.decoder.num_stages'"):
+    with pytest.raises(ConfigError, match=r"did you mean 'model\.decoder\.num_stages'"):
         apply_overrides(cfg, ["model.decoder.num_stage=2"])
     with pytest.raises(ConfigError, match="class_loss"):
         apply_overrides(cfg, ["model.class_loss=hinge"])

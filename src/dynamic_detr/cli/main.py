@@ -15,7 +15,12 @@ from ..errors import UserError
 
 # command modules, in the order `--help` lists them
 COMMAND_MODULES = [
+    "dynamic_detr.cli.demo",
     "dynamic_detr.cli.data",
+    "dynamic_detr.cli.info",
+    "dynamic_detr.cli.train",
+    "dynamic_detr.cli.evaluate",
+    "dynamic_detr.cli.predict",
 ]
 
 

@@ -124,6 +124,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically; NaN (an undefined metric, e.g. APs without small objects) becomes null."""
     import json
 
-    _atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    _atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n")

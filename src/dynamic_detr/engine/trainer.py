@@ -12,6 +12,7 @@ EMA, epoch and time budgets, checkpoint/resume, evaluation, and the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -52,10 +53,8 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -298,16 +297,14 @@ class Trainer:
             bar = tqdm(iterator, total=len(self.train_loader), desc=f"epoch {epoch + 1}/{t.epochs}",
                        dynamic_ncols=True, leave=True)
             iterator = bar
-        micro = 0
         lr = self.optimizer.param_groups[0]["lr"]
-        for batch in iterator:
+        for micro, batch in enumerate(iterator, start=1):
             batch = batch.to(self.device)
             with autocast(self.device, t.amp):
                 outputs = self.ddp(batch.images, batch.masks)
             losses = self.criterion(_float(outputs), batch.targets)
             loss = losses["loss"]
             finite = not dist_utils.any_rank(not bool(torch.isfinite(loss)), self.device)
-            micro += 1
             if finite:
                 self.scaler.scale(loss / t.accumulate).backward()
             boundary = micro % t.accumulate == 0
