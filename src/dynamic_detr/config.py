@@ -43,6 +43,16 @@ class EncoderConfig:
     """Dynamic encoder blocks (paper: 6)."""
     gn_groups: int = 16
     """GroupNorm groups after each deformable conv (DyHead)."""
+    share_levels: bool = True
+    """Share a block's offset conv, deformable convs, scale attention and DyReLU across levels (DyHead does);
+    False gives each level its own (5x the encoder parameters, same FLOPs)."""
+    scale_fine_offsets: bool = True
+    """PAPER.md leaves open how s_i (predicted in level-i pixels) applies to the finer neighbour's stride-2
+    conv: True doubles it so all three convs shift by the same image distance (the coarser neighbour's is
+    pooled and halved, as PAPER.md asks); False uses it unscaled, as DyHead does."""
+    scale_attn_relu: bool = False
+    """DyHead's scale attention is hard_sigmoid(ReLU(conv1x1(pool))); the ReLU makes a negative logit a unit
+    without gradient, so it is off by default (hard_sigmoid alone, still 0.5 at init)."""
 
 
 @dataclass
@@ -61,6 +71,16 @@ class DecoderConfig:
     """Hidden width of the per-stage FFN."""
     dropout: float = 0.0
     """Dropout in attention / FFN."""
+    detach_boxes: bool = True
+    """Stop the gradient through the box fed to the next stage (Sparse R-CNN; PAPER.md, Dynamic decoder)."""
+    box_pos: str = "sine"
+    """Position of each query's box in its self-attention: "sine" (sine embedding of cxcywh + 2-layer MLP,
+    added to q and k as DAB-DETR does) or "none" (Sparse R-CNN: content only)."""
+    num_reg_layers: int = 1
+    """(FC, LN, ReLU) layers before the box-delta FC: PAPER.md B^ = refine(B, FC(ReLU(LN(FC(Q^))))) is 1;
+    Sparse R-CNN uses 3."""
+    num_cls_layers: int = 0
+    """(FC, LN, ReLU) layers before the class FC: PAPER.md C^ = Softmax(FC(Q^)) is 0; Sparse R-CNN uses 1."""
 
 
 @dataclass
@@ -188,6 +208,9 @@ class Config:
             (m.decoder.num_stages >= 1, "model.decoder.num_stages must be >= 1"),
             (m.decoder.num_queries >= 1, "model.decoder.num_queries must be >= 1"),
             (m.encoder.num_blocks >= 0, "model.encoder.num_blocks must be >= 0"),
+            (m.decoder.box_pos in ("sine", "none"), "model.decoder.box_pos must be 'sine' or 'none'"),
+            (m.decoder.num_reg_layers >= 0 and m.decoder.num_cls_layers >= 0,
+             "model.decoder.num_reg_layers / num_cls_layers must be >= 0"),
             (self.train.amp in ("none", "bf16", "fp16"), "train.amp must be none|bf16|fp16"),
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
             (self.train.accumulate >= 1, "train.accumulate must be >= 1"),

@@ -1,0 +1,160 @@
+"""Dynamic encoder (PAPER.md; the DyHead block): convolutional attention across the scales of the pyramid.
+
+For each level i, with offsets / masks s_i from a 3x3 conv on P_i:
+
+    P_i+  = { resize(DefConv(P_{i-1}, s_i)),  DefConv(P_i, s_i),  resize(DefConv(P_{i+1}, s_i)) }
+    w_i   = SE(P_i+)                              # scale attention, one weight per neighbour
+    out_i = DyReLU(sum_j w_ij * P_i+_j / n)       # representation attention
+
+The finer neighbour P_{i-1} is convolved with stride 2 (its output grid is level i's), the coarser P_{i+1}
+at its own size and then upsampled. DyHead's code feeds s_i, predicted on level i's grid, to the conv on the
+smaller P_{i+1}; the kernel reads the larger tensor with the smaller tensor's strides, so the offsets land at
+the wrong places (microsoft/DynamicHead#25). Here s_i is resampled to each neighbour's output grid
+(`offsets_for`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import DeformConv2d
+
+from ..config import EncoderConfig
+from .dyrelu import DyReLU
+
+KERNEL = 3
+TAPS = KERNEL * KERNEL  # offsets: 2 * TAPS channels as (dy, dx) per tap (torchvision's layout), masks: TAPS
+
+
+def offsets_for(offset: Tensor, mask: Tensor, size: tuple[int, int],
+                ratio: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    """Offsets / masks predicted on level i's grid, for a deformable conv whose output grid is `size`.
+
+    Args:
+        offset: [B, 2*9, h, w] (dy, dx) per tap, in level-i pixels.
+        mask: [B, 9, h, w] in [0, 1].
+        size: the conv's output grid (H', W'); the fields are average-pooled to it when it differs
+            (the coarser neighbour: each coarse position gets the mean of the level-i positions it covers).
+        ratio: (ry, rx) = size of the conv's input / size of level i; the offsets are multiplied by it so that
+            they keep meaning the same displacement in the image.
+    Returns:
+        offset [B, 18, H', W'], mask [B, 9, H', W'].
+    """
+    if tuple(offset.shape[-2:]) != tuple(size):
+        offset = F.adaptive_avg_pool2d(offset, size)
+        mask = F.adaptive_avg_pool2d(mask, size)
+    if ratio != (1.0, 1.0):
+        offset = offset * offset.new_tensor(ratio).repeat(TAPS)[None, :, None, None]
+    return offset, mask
+
+
+def stride2_size(size: tuple[int, int]) -> tuple[int, int]:
+    """Output grid of a 3x3, stride-2, padding-1 conv: ceil(size / 2)."""
+    return ((size[0] - 1) // 2 + 1, (size[1] - 1) // 2 + 1)
+
+
+class DefConvGN(nn.Module):
+    """Modulated deformable 3x3 conv (DCNv2, torchvision) + GroupNorm; float32 (no bf16 CPU kernel)."""
+
+    def __init__(self, channels: int, stride: int, gn_groups: int) -> None:
+        super().__init__()
+        self.conv = DeformConv2d(channels, channels, KERNEL, stride=stride, padding=1, bias=False)
+        self.norm = nn.GroupNorm(gn_groups, channels)
+
+    def forward(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
+        """x: [B, C, H, W]; offset / mask on the output grid -> [B, C, H', W']."""
+        return self.norm(self.conv(x.float(), offset.float(), mask.float()))
+
+
+class ScaleAttention(nn.Module):
+    """w = hard_sigmoid(FC(avg_pool(f))) per neighbour feature f (DyHead's 1x1 conv on the pooled map).
+
+    DyHead puts a ReLU before the hard sigmoid (weights in [0.5, 1]); it is off by default
+    (`EncoderConfig.scale_attn_relu`): a negative logit would then be a unit without gradient.
+    """
+
+    def __init__(self, channels: int, relu: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(channels, 1)
+        self.relu = relu
+        nn.init.normal_(self.fc.weight, std=0.01)  # DyHead's init: w ~ 0.5 for every scale
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, f: Tensor) -> Tensor:
+        """f: [n, B, C, H, W] -> [n, B, 1, 1, 1]."""
+        logit = self.fc(f.mean(dim=(3, 4)))
+        if self.relu:
+            logit = F.relu(logit)
+        return F.hardsigmoid(logit)[..., None, None]
+
+
+class LevelOps(nn.Module):
+    """Everything a block applies at one level: offset conv, the 3 DefConvs, scale attention, DyReLU."""
+
+    def __init__(self, channels: int, cfg: EncoderConfig) -> None:
+        super().__init__()
+        # s_i: 18 offsets + 9 mask logits; zero-init so the block starts as plain convs with masks of 0.5
+        self.offset = nn.Conv2d(channels, 3 * TAPS, KERNEL, padding=1)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+        self.coarse = DefConvGN(channels, 1, cfg.gn_groups)  # P_{i+1}, then upsampled
+        self.mid = DefConvGN(channels, 1, cfg.gn_groups)  # P_i
+        self.fine = DefConvGN(channels, 2, cfg.gn_groups)  # P_{i-1}, stride 2
+        self.scale_attn = ScaleAttention(channels, cfg.scale_attn_relu)
+        self.dyrelu = DyReLU(channels)
+
+
+class DynamicEncoderBlock(nn.Module):
+    """One DyHead block over a pyramid. Weights are shared across levels (DyHead) unless
+    `cfg.share_levels` is False, in which case each of the `num_levels` levels has its own LevelOps."""
+
+    def __init__(self, channels: int, num_levels: int, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.scale_fine_offsets = cfg.scale_fine_offsets
+        n = 1 if cfg.share_levels else num_levels
+        self.levels = nn.ModuleList(LevelOps(channels, cfg) for _ in range(n))
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        """feats: [P_i: [B, C, H_i, W_i]] finest first -> same shapes."""
+        outs = []
+        for i, x in enumerate(feats):
+            ops = self.levels[0 if len(self.levels) == 1 else i]
+            size = (x.shape[-2], x.shape[-1])
+            s = ops.offset(x)
+            offset, mask = s[:, : 2 * TAPS], s[:, 2 * TAPS:].sigmoid()
+            branches = [ops.mid(x, offset, mask)]
+            if i > 0:  # finer neighbour, stride 2 onto level i's grid
+                fine = feats[i - 1]
+                out_size = stride2_size((fine.shape[-2], fine.shape[-1]))
+                # offsets are level-i pixels: x2 in the finer map's pixels (DyHead: unscaled)
+                ratio = (fine.shape[-2] / size[0], fine.shape[-1] / size[1]) if self.scale_fine_offsets else (
+                    1.0, 1.0)
+                y = ops.fine(fine, *offsets_for(offset, mask, out_size, ratio))
+                if out_size != size:  # a pyramid whose levels are not exact stride-2 halves
+                    y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+                branches.append(y)
+            if i + 1 < len(feats):  # coarser neighbour at its own size, s_i pooled and scaled to it
+                coarse = feats[i + 1]
+                csize = (coarse.shape[-2], coarse.shape[-1])
+                ratio = (csize[0] / size[0], csize[1] / size[1])
+                y = ops.coarse(coarse, *offsets_for(offset, mask, csize, ratio))
+                branches.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
+            stacked = torch.stack(branches)  # [n, B, C, H, W], n = 2 at the pyramid's ends, 3 inside
+            outs.append(ops.dyrelu((stacked * ops.scale_attn(stacked)).mean(dim=0)))
+        return outs
+
+
+class DynamicEncoder(nn.Module):
+    """`cfg.num_blocks` DynamicEncoderBlocks; identity (the plain FPN) when disabled or with 0 blocks."""
+
+    def __init__(self, channels: int, num_levels: int, cfg: EncoderConfig) -> None:
+        super().__init__()
+        n = cfg.num_blocks if cfg.enabled else 0
+        self.blocks = nn.ModuleList(DynamicEncoderBlock(channels, num_levels, cfg) for _ in range(n))
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        """feats: [P3..P7] each [B, C, H_l, W_l] -> same shapes."""
+        for block in self.blocks:
+            feats = block(feats)
+        return feats

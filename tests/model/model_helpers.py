@@ -1,0 +1,29 @@
+"""Small configs and inputs shared by the model tests."""
+
+from __future__ import annotations
+
+import torch
+
+from dynamic_detr.config import ModelConfig, get_preset
+
+
+def tiny_cfg(**decoder: object) -> ModelConfig:
+    """cpu_tiny's model (R18, d=64, 1 encoder block, 2 stages, 10 queries), random init, 5 classes."""
+    cfg = get_preset("cpu_tiny").model
+    cfg.num_classes = 5
+    cfg.backbone.weights = None
+    for key, value in decoder.items():
+        setattr(cfg.decoder, key, value)
+    return cfg
+
+
+def padded_batch(sizes: list[tuple[int, int]], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] of the given (h, w), zero-padded bottom / right to the largest; masks: True = pad."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    images = torch.zeros(len(sizes), 3, h, w)
+    masks = torch.ones(len(sizes), h, w, dtype=torch.bool)
+    for i, (hi, wi) in enumerate(sizes):
+        images[i, :, :hi, :wi] = torch.rand(3, hi, wi, generator=g)
+        masks[i, :hi, :wi] = False
+    return images, masks
