@@ -171,6 +171,8 @@ class Trainer:
 
         cfg = self.cfg
         model = DynamicDETR(cfg.model).to(self.device)
+        if self.dist.distributed and self.device.type == "cuda" and cfg.train.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place; same parameters
         self.model = model
         self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss, cfg.model.class_loss)
         backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.body.") and p.requires_grad]

@@ -1,0 +1,90 @@
+"""CLI end to end on a tiny synthetic dataset: train 1 epoch, eval, predict; clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dynamic_detr.cli.main import main
+from dynamic_detr.data.synthetic import CLASSES, generate
+
+TINY = ["data.num_workers=0", "data.train_short_sides=[128]", "data.train_max_size=160",
+        "data.eval_short_side=128", "data.eval_max_size=160", "data.crop_prob=0.0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    generate(data, train=6, val=3, image_size=128, seed=1)
+    run = root / "run"
+    assert main(["train", "--data", str(data), "--preset", "cpu_tiny", "--out", str(run), "--epochs", "1",
+                 *TINY]) == 0
+    return data, run
+
+
+def test_train_writes_run_folder(trained):
+    _, run = trained
+    assert (run / "best.pt").is_file() and (run / "metrics.json").is_file()
+    cfg = (run / "config.yaml").read_text()
+    assert "num_classes: 6" in cfg and "eval_short_side: 128" in cfg
+
+
+def test_eval_writes_metrics_and_detections(trained, tmp_path, capsys):
+    data, run = trained
+    code = main(["eval", "--checkpoint", str(run), "--data", str(data), "--out", str(tmp_path / "m.json"),
+                 "--save-detections", str(tmp_path / "dets.json"), "--workers", "0"])
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
+    assert len(metrics["per_class"]) == 6
+    dets = json.loads((tmp_path / "dets.json").read_text())
+    gt = json.loads((data / "annotations" / "instances_val.json").read_text())
+    assert {d["image_id"] for d in dets} <= {im["id"] for im in gt["images"]}
+    assert {d["category_id"] for d in dets} <= {c["id"] for c in gt["categories"]}
+    assert all(len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 for d in dets)
+    assert "AP50" in capsys.readouterr().out
+
+
+def test_predict_draws_and_writes_json(trained, tmp_path, capsys):
+    data, run = trained
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "pred"
+    code = main(["predict", "--checkpoint", str(run / "weights" / "last.safetensors"), "--threshold", "0.0",
+                 "--out", str(out), str(data / "val"), str(bad)])
+    assert code == 1  # one input skipped
+    text = capsys.readouterr().out
+    assert "3 image(s)" in text and "broken.png" in text
+    files = sorted(p.name for p in out.iterdir())
+    assert len([f for f in files if f.endswith(".png")]) == 3 and len([f for f in files if f.endswith(".json")]) == 3
+    record = json.loads((out / files[0]).read_text())
+    assert {"file", "width", "height", "detections"} <= set(record)
+    det = record["detections"][0]
+    assert len(det["box"]) == 4 and det["category"] in CLASSES
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"PK\x03\x04truncated"])
+def test_bad_checkpoint_is_one_line_error(trained, tmp_path, capsys, content):
+    data, _ = trained
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    assert main(["eval", "--checkpoint", str(bad), "--data", str(data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "bad.pt" in err and "\n" not in err
+
+
+def test_missing_dataset_is_one_line_error(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope"), "--preset", "cpu_tiny", "--out",
+                 str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "nope" in err and "\n" not in err
+
+
+def test_help_for_every_command(capsys):
+    for cmd in ("demo", "data", "info", "train", "eval", "predict"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+    assert "--checkpoint" in capsys.readouterr().out

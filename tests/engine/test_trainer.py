@@ -1,0 +1,128 @@
+"""Trainer: overfitting, run folder contents, resume equality, time budget, non-finite steps."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+
+import pytest
+import torch
+from engine_helpers import make_easy_dataset, tiny_config
+
+from dynamic_detr.engine.checkpoint import load_checkpoint
+from dynamic_detr.engine.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory):
+    return make_easy_dataset(tmp_path_factory.mktemp("easy"), {"train": 8, "val": 4})
+
+
+def _weights(run):
+    return load_checkpoint(run / "last.pt")["model"]
+
+
+@pytest.mark.slow
+def test_overfit_reaches_high_ap(tmp_path):
+    """A few images, a few hundred steps: the detector must fit its training set (AP near 100)."""
+    data = make_easy_dataset(tmp_path / "d", {"train": 4})
+    (tmp_path / "d" / "annotations" / "instances_val.json").write_text(
+        (tmp_path / "d" / "annotations" / "instances_train.json").read_text())
+    (tmp_path / "d" / "val").symlink_to(tmp_path / "d" / "train")
+    cfg = tiny_config(batch_size=4, lr=1e-3, lr_backbone=1e-3, lr_drop_epochs=[], eval_every=1000,
+                      clip_max_norm=1.0)
+    cfg.data.hflip_prob = 0.0
+    result = Trainer(cfg, data, tmp_path / "run", epochs=250, progress=False).fit()
+    assert result.status == "finished"
+    assert result.metrics["AP50"] > 95, result.metrics
+    assert result.metrics["AP"] > 80, result.metrics
+
+
+def test_run_folder_contents(easy, tmp_path):
+    run = tmp_path / "run"
+    result = Trainer(tiny_config(batch_size=4), easy, run, epochs=2, progress=False).fit()
+    assert result.status == "finished" and result.epochs_done == 2
+    for name in ("config.yaml", "results.csv", "last.pt", "best.pt", "metrics.json",
+                 "weights/last.safetensors", "weights/best.safetensors",
+                 "plots/loss.png", "plots/ap.png", "plots/val_predictions.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for key in ("loss", "loss_class_0", "loss_bbox_1", "loss_giou_1", "lr", "epoch_time_s", "AP", "AP50", "APs"):
+        assert key in rows[0], key
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"square", "disc"}
+    assert 0 <= metrics["AP"] <= 100
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["model"]["category_ids"] == [3, 7]
+    assert "rng_torch" in ckpt and "optimizer" in ckpt
+
+
+def test_resume_mid_epoch_equals_uninterrupted(easy, tmp_path, monkeypatch):
+    """Stop by SIGINT after 3 steps of epoch 1 (8 images, batch 2 -> 4 steps/epoch), resume: same weights."""
+    cfg = tiny_config(batch_size=2)
+    Trainer(cfg, easy, tmp_path / "a", epochs=2, progress=False).fit()
+
+    from dynamic_detr.objective.criterion import SetCriterion
+
+    calls = {"n": 0}
+    original = SetCriterion.forward
+
+    def counting(self, outputs, targets):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)  # the real Ctrl-C path: finish this step, checkpoint, stop
+        return original(self, outputs, targets)
+
+    monkeypatch.setattr(SetCriterion, "forward", counting)
+    first = Trainer(tiny_config(batch_size=2), easy, tmp_path / "b", epochs=2, progress=False).fit()
+    assert first.status == "interrupted"
+    state = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert (state["epoch"], state["epoch_samples"], state["step"]) == (0, 6, 3)
+    monkeypatch.setattr(SetCriterion, "forward", original)
+    second = Trainer(tiny_config(batch_size=2), easy, tmp_path / "b", resume=True, progress=False).fit()
+    assert second.status == "finished" and second.epochs_done == 2
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_time_budget_stops_and_evaluates(easy, tmp_path):
+    result = Trainer(tiny_config(batch_size=4), easy, tmp_path / "run", epochs=1000, minutes=0.02,
+                     progress=False).fit()
+    assert result.status == "time budget"
+    assert 1 <= result.epochs_done < 1000
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_nonfinite_loss_skips_then_stops(easy, tmp_path, monkeypatch):
+    from dynamic_detr.objective.criterion import SetCriterion
+
+    original = SetCriterion.forward
+
+    def nan_loss(self, outputs, targets):
+        losses = original(self, outputs, targets)
+        losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(SetCriterion, "forward", nan_loss)
+    cfg = tiny_config(batch_size=2, max_nonfinite_steps=3)
+    run = tmp_path / "run"
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        result = Trainer(cfg, easy, run, epochs=2, progress=False).fit()
+    assert result.status == "stopped: non-finite"
+    state = load_checkpoint(run / "last.pt")  # a usable checkpoint is left behind
+    assert state["nonfinite_total"] == 3 and state["step"] == 0
+
+
+def test_ema_evaluated_alongside_raw(easy, tmp_path):
+    run = tmp_path / "run"
+    result = Trainer(tiny_config(batch_size=4, ema=True, ema_decay=0.9), easy, run, epochs=1,
+                     progress=False).fit()
+    assert set(result.metrics["raw"]) >= {"AP", "AP50"}
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert "raw_AP" in rows[0]
+    assert load_checkpoint(run / "last.pt")["ema"] is not None
