@@ -172,6 +172,9 @@ class TrainConfig:
     """Evaluate every N epochs (and always at the end)."""
     max_nonfinite_steps: int = 20
     """Consecutive non-finite losses before the run stops."""
+    sync_bn: bool = True
+    """Multi-GPU with trainable BN (random init): synchronise BN statistics across GPUs (SyncBatchNorm is
+    CUDA-only; CPU processes keep per-process statistics)."""
 
 
 @dataclass
