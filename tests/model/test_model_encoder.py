@@ -31,10 +31,11 @@ def test_dyrelu_equals_relu_at_init():
     assert not torch.allclose(act(x), torch.relu(x))
 
 
-@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("share, scale_fine", [(True, True), (False, False)])
 @pytest.mark.parametrize("hw", [(64, 64), (97, 131), (100, 150)])
-def test_block_keeps_shapes(hw, share):
-    block = enc.DynamicEncoderBlock(C, 5, EncoderConfig(gn_groups=4, share_levels=share))
+def test_block_keeps_shapes(hw, share, scale_fine):
+    cfg = EncoderConfig(gn_groups=4, share_levels=share, scale_fine_offsets=scale_fine, scale_attn_relu=share)
+    block = enc.DynamicEncoderBlock(C, 5, cfg)
     feats = pyramid(*hw)
     out = block(feats)
     assert [o.shape for o in out] == [f.shape for f in feats]

@@ -128,8 +128,9 @@ class DynamicEncoderBlock(nn.Module):
                 fine = feats[i - 1]
                 out_size = stride2_size((fine.shape[-2], fine.shape[-1]))
                 # offsets are level-i pixels: x2 in the finer map's pixels (DyHead: unscaled)
-                ratio = (fine.shape[-2] / size[0], fine.shape[-1] / size[1]) if self.scale_fine_offsets else (
-                    1.0, 1.0)
+                ratio = (fine.shape[-2] / size[0], fine.shape[-1] / size[1])
+                if not self.scale_fine_offsets:
+                    ratio = (1.0, 1.0)
                 y = ops.fine(fine, *offsets_for(offset, mask, out_size, ratio))
                 if out_size != size:  # a pyramid whose levels are not exact stride-2 halves
                     y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
