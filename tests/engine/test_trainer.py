@@ -27,13 +27,18 @@ def _weights(run):
 def test_overfit_reaches_high_ap(tmp_path):
     """A few images, a few hundred steps: the detector must fit its training set (AP near 100)."""
     data = make_easy_dataset(tmp_path / "d", {"train": 4})
-    (tmp_path / "d" / "annotations" / "instances_val.json").write_text(
-        (tmp_path / "d" / "annotations" / "instances_train.json").read_text())
+    ann = tmp_path / "d" / "annotations"
+    (ann / "instances_val.json").write_text((ann / "instances_train.json").read_text())
     (tmp_path / "d" / "val").symlink_to(tmp_path / "d" / "train")
-    cfg = tiny_config(batch_size=4, lr=1e-3, lr_backbone=1e-3, lr_drop_epochs=[], eval_every=1000,
+    coco = json.loads((ann / "instances_train.json").read_text())  # 4 images, listed 16 times per epoch
+    images = [{**im, "id": im["id"] + 100 * r} for r in range(16) for im in coco["images"]]
+    anns = [{**a, "id": a["id"] + 100 * r, "image_id": a["image_id"] + 100 * r}
+            for r in range(16) for a in coco["annotations"]]
+    (ann / "instances_train.json").write_text(json.dumps({**coco, "images": images, "annotations": anns}))
+    cfg = tiny_config(batch_size=4, lr=6e-4, lr_backbone=6e-4, lr_drop_epochs=[10], eval_every=1000,
                       clip_max_norm=1.0)
     cfg.data.hflip_prob = 0.0
-    result = Trainer(cfg, data, tmp_path / "run", epochs=250, progress=False).fit()
+    result = Trainer(cfg, data, tmp_path / "run", epochs=12, progress=False).fit()
     assert result.status == "finished"
     assert result.metrics["AP50"] > 95, result.metrics
     assert result.metrics["AP"] > 80, result.metrics

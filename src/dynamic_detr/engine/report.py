@@ -42,8 +42,9 @@ class RunReport:
         if self._tb is not None:
             self._tb.add_scalar(tag, value, step)
 
-    def add_epoch(self, row: dict[str, Any]) -> None:
-        """Replace any earlier row of the same epoch (a resumed run re-doing it), then rewrite the CSV."""
+    def add_epoch(self, row: dict[str, Any], plot: bool = True) -> None:
+        """Replace any earlier row of the same epoch (a resumed run re-doing it), rewrite the CSV, and redraw
+        the curves when `plot` (the trainer does at evaluated epochs)."""
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
         columns: list[str] = []
         for r in self.rows:
@@ -59,7 +60,8 @@ class RunReport:
                 self.scalar(f"epoch/{k}", float(v), int(row["epoch"]))
         if self._tb is not None:
             self._tb.flush()
-        self.plot_curves()
+        if plot:
+            self.plot_curves()
 
     def plot_curves(self) -> None:
         """plots/loss.png (every total and final-stage loss term) and plots/ap.png (AP metrics per epoch)."""

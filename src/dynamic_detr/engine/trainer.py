@@ -306,7 +306,8 @@ class Trainer:
                 outputs = self.ddp(batch.images, batch.masks)
             losses = self.criterion(_float(outputs), batch.targets)
             loss = losses["loss"]
-            finite = not dist_utils.any_rank(not bool(torch.isfinite(loss)), self.device)
+            loss_value = float(loss.detach())
+            finite = not dist_utils.any_rank(not math.isfinite(loss_value), self.device)
             if finite:
                 self.scaler.scale(loss / t.accumulate).backward()
             boundary = micro % t.accumulate == 0
@@ -341,12 +342,12 @@ class Trainer:
                 for k, v in losses.items():
                     sums[k] += float(v.detach())
             if bar is not None:
-                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.1e}")
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
             elif self.dist.is_main and self.state["step"] % self.log_every == 0 and boundary:
-                print(f"epoch {epoch + 1} step {self.state['step']} loss {float(loss):.4f} lr {lr:.2e} "
+                print(f"epoch {epoch + 1} step {self.state['step']} loss {loss_value:.4f} lr {lr:.2e} "
                       f"elapsed {self.state['elapsed'] / 60:.1f} min", flush=True)
             if self.report is not None and boundary and finite:
-                self.report.scalar("train/loss", float(loss), self.state["step"])
+                self.report.scalar("train/loss", loss_value, self.state["step"])
                 self.report.scalar("train/lr", lr, self.state["step"])
             if nonfinite_run >= t.max_nonfinite_steps:
                 print(f"error: {nonfinite_run} non-finite steps in a row: stopping; the last good checkpoint "
@@ -407,7 +408,7 @@ class Trainer:
                 row[f"raw_{k}"] = round(v, 2)
             self._draw_val_predictions()
         assert self.report is not None
-        self.report.add_epoch(row)
+        self.report.add_epoch(row, plot=metrics is not None)
         ap = f"  AP {metrics['AP']:.1f} AP50 {metrics['AP50']:.1f} APs {metrics['APs']:.1f}" if metrics else ""
         print(f"epoch {self.state['epoch']}: loss {mean.get('loss', math.nan):.4f}  {seconds:.0f}s{ap}", flush=True)
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
 from ..config import EncoderConfig
+from .deform import modulated_deform_conv
 from .dyrelu import DyReLU
 
 KERNEL = 3
@@ -55,16 +56,20 @@ def stride2_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 class DefConvGN(nn.Module):
-    """Modulated deformable 3x3 conv (DCNv2, torchvision) + GroupNorm; float32 (no bf16 CPU kernel)."""
+    """Modulated deformable 3x3 conv (DCNv2) + GroupNorm; float32 (no bf16 CPU kernel). The parameters are
+    torchvision's `DeformConv2d`; `impl` picks the kernel (`EncoderConfig.deform_impl`, model/deform.py)."""
 
-    def __init__(self, channels: int, stride: int, gn_groups: int) -> None:
+    def __init__(self, channels: int, stride: int, gn_groups: int, impl: str = "auto") -> None:
         super().__init__()
         self.conv = DeformConv2d(channels, channels, KERNEL, stride=stride, padding=1, bias=False)
         self.norm = nn.GroupNorm(gn_groups, channels)
+        self.impl = impl
 
     def forward(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
         """x: [B, C, H, W]; offset / mask on the output grid -> [B, C, H', W']."""
-        return self.norm(self.conv(x.float(), offset.float(), mask.float()))
+        y = modulated_deform_conv(x.float(), offset.float(), self.conv.weight, self.conv.bias,
+                                  self.conv.stride[0], self.conv.padding[0], mask.float(), self.impl)
+        return self.norm(y)
 
 
 class ScaleAttention(nn.Module):
@@ -98,9 +103,9 @@ class LevelOps(nn.Module):
         self.offset = nn.Conv2d(channels, 3 * TAPS, KERNEL, padding=1)
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
-        self.coarse = DefConvGN(channels, 1, cfg.gn_groups)  # P_{i+1}, then upsampled
-        self.mid = DefConvGN(channels, 1, cfg.gn_groups)  # P_i
-        self.fine = DefConvGN(channels, 2, cfg.gn_groups)  # P_{i-1}, stride 2
+        self.coarse = DefConvGN(channels, 1, cfg.gn_groups, cfg.deform_impl)  # P_{i+1}, then upsampled
+        self.mid = DefConvGN(channels, 1, cfg.gn_groups, cfg.deform_impl)  # P_i
+        self.fine = DefConvGN(channels, 2, cfg.gn_groups, cfg.deform_impl)  # P_{i-1}, stride 2
         self.scale_attn = ScaleAttention(channels, cfg.scale_attn_relu)
         self.dyrelu = DyReLU(channels)
 
