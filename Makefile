@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/dynamic-detr demo $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -53,7 +53,8 @@ def test_softmax_head_has_no_object_class():
 
 def test_gradients_reach_every_trainable_parameter():
     torch.manual_seed(0)
-    model = DynamicDETR(tiny_cfg()).train()
+    # zero-initialised box deltas would (correctly) block the gradient of the layers before them at step 0
+    model = DynamicDETR(tiny_cfg(zero_init_deltas=False)).train()
     # whole-image boxes of a small image are all pooled from P3; start some queries with boxes 2-32x the image
     # so that stage 1 pools from every level P3-P7 and every level's encoder output is used
     with torch.no_grad():
@@ -71,6 +72,21 @@ def test_gradients_reach_every_trainable_parameter():
     zero = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.any()
             and ".dyrelu.fc.0." not in n]
     assert not zero, f"parameters with an all-zero gradient: {zero}"
+
+
+def test_zero_init_deltas_make_every_stage_start_as_identity_refinement():
+    torch.manual_seed(0)
+    model = DynamicDETR(tiny_cfg(zero_init_deltas=True)).eval()
+    with torch.no_grad():
+        out = model(*padded_batch([(96, 128)]))
+    init = model.decoder.init_boxes.weight[None]
+    for stage in out["stages"]:
+        torch.testing.assert_close(stage["boxes"], init.expand_as(stage["boxes"]))
+    torch.manual_seed(0)
+    model = DynamicDETR(tiny_cfg(zero_init_deltas=False)).eval()
+    with torch.no_grad():
+        out = model(*padded_batch([(96, 128)]))
+    assert not torch.allclose(out["stages"][-1]["boxes"], init.expand_as(out["stages"][-1]["boxes"]))
 
 
 def test_postprocess_maps_boxes_to_original_images():
@@ -110,16 +126,19 @@ def test_postprocess_softmax_picks_best_foreground_class_per_query():
     torch.testing.assert_close(det["boxes"][0], torch.tensor([0.0, 0.0, 20.0, 10.0]))
 
 
-def test_fresh_queries_do_not_collapse():
+@pytest.mark.parametrize("zero_init_deltas", [False, True])
+def test_fresh_queries_do_not_collapse(zero_init_deltas):
     torch.manual_seed(0)
-    cfg = tiny_cfg(num_queries=20)
+    cfg = tiny_cfg(num_queries=20, zero_init_deltas=zero_init_deltas)
     model = DynamicDETR(cfg).eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 128, 128))
     first = out["stages"][0]
-    boxes = torch.unique(first["boxes"][0].round(decimals=4), dim=0)
     logits = torch.unique(first["logits"][0].round(decimals=4), dim=0)
-    assert len(boxes) == 20 and len(logits) == 20
+    assert len(logits) == 20
+    if not zero_init_deltas:  # zero deltas keep the (identical, whole-image) initial boxes until the first step
+        boxes = torch.unique(first["boxes"][0].round(decimals=4), dim=0)
+        assert len(boxes) == 20
 
 
 def test_bf16_autocast_forward():

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     resume = (run_dir / "last.pt").exists()
     print(f"[2/4] training {cfg.name} for {train_minutes:.1f} min in {run_dir}"
           f"{' (resuming)' if resume else ''}", flush=True)
-    trainer = Trainer(cfg, data, run_dir, epochs=1000, minutes=train_minutes, resume=resume,
+    trainer = Trainer(cfg, data, run_dir, minutes=train_minutes, resume=resume,
                       device=args.device)
     result = trainer.fit()
     if result.status == "interrupted":

@@ -58,8 +58,10 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
+        if self.requested:
+            if signum == signal.SIGINT:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            return  # repeated SIGTERMs (e.g. a supervisor and its child both forwarding one): keep stopping
         self.requested = True
         print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
               "(again to abort)", file=sys.stderr)
@@ -300,7 +302,7 @@ class Trainer:
                        dynamic_ncols=True, leave=True)
             iterator = bar
         lr = self.optimizer.param_groups[0]["lr"]
-        for micro, batch in enumerate(iterator, start=1):
+        for micro, batch in enumerate(_until_loader_dies(iterator, stop), start=1):
             batch = batch.to(self.device)
             with autocast(self.device, t.amp):
                 outputs = self.ddp(batch.images, batch.masks)
@@ -367,6 +369,8 @@ class Trainer:
                 return "time budget mid-epoch"
         if bar is not None:
             bar.close()
+        if dist_utils.any_rank(stop.requested, self.device):  # the loader ended early on a stop request
+            return "interrupted"
         self._epoch_sums = (sums, count, skipped, time.perf_counter() - t0, lr)
         self.state["epoch"] += 1
         self.state["epoch_samples"] = 0
@@ -443,6 +447,23 @@ class Trainer:
         data.update(epoch=self.state["epoch"], step=self.state["step"], weights="ema" if self.ema else "raw")
         atomic_write_json(self.out / "metrics.json", data)
         return data
+
+
+def _until_loader_dies(iterator, stop: _StopFlag):
+    """Batches from `iterator`; if a DataLoader worker dies *because a stop was requested* (a signal sent to
+    the whole process group, e.g. Ctrl-C or `kill -TERM -PGID`), end the epoch quietly so that the stop path
+    writes its checkpoint. Any other failure propagates."""
+    it = iter(iterator)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if stop.requested:
+                return
+            raise
+        yield batch
 
 
 def _float(outputs: dict[str, Any]) -> dict[str, Any]:

@@ -137,13 +137,17 @@ class DynamicDecoder(nn.Module):
             self.box_pos = nn.Sequential(nn.Linear(n, d), nn.ReLU(inplace=True), nn.Linear(d, d))
         pooler = MultiLevelRoIAlign(strides, dc.roi_size, sampling_ratio=2)
         self.stages = nn.ModuleList(DecoderStage(cfg, pooler) for _ in range(dc.num_stages))
-        self._reset_parameters(cfg.class_loss)
+        self._reset_parameters(cfg.class_loss, dc.zero_init_deltas)
 
-    def _reset_parameters(self, class_loss: str) -> None:
-        """Xavier for every linear layer (Sparse R-CNN); focal: class bias prior 0.01."""
+    def _reset_parameters(self, class_loss: str, zero_init_deltas: bool) -> None:
+        """Xavier for every linear layer (Sparse R-CNN); focal: class bias prior 0.01; optionally zero box deltas."""
         for m in [*self.stages.modules(), *(self.box_pos.modules() if self.box_pos is not None else [])]:
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
+        if zero_init_deltas:
+            for stage in self.stages:
+                nn.init.zeros_(stage.reg_head[-1].weight)
+                nn.init.zeros_(stage.reg_head[-1].bias)
         if class_loss == "focal":
             for stage in self.stages:
                 nn.init.constant_(stage.cls_head[-1].bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
