@@ -14,9 +14,11 @@ from engine_helpers import make_easy_dataset, tiny_config
 from dynamic_detr.engine.checkpoint import load_checkpoint
 from dynamic_detr.engine.trainer import Trainer
 
-# The stated tolerance: per-epoch mean losses agree to 1e-3 (relative) and weights to 2e-4 (absolute) after 4
-# AdamW steps at lr 1e-4; the only differences are float summation order (gradient all-reduce, loss sums).
-LOSS_RTOL, WEIGHT_ATOL = 1e-3, 2e-4
+# The stated tolerance: per-epoch mean losses agree to 1e-3 (relative), and per tensor the two runs' weights
+# differ by at most 2% of how far the 4 AdamW steps moved them (L2 norms). The only differences are float
+# summation order (gradient all-reduce, loss sums); an element-wise bound would be wrong for Adam, whose
+# update m / (sqrt(v) + eps) turns rounding noise on a near-zero gradient into a full +-lr step.
+LOSS_RTOL, WEIGHT_RTOL = 1e-3, 0.02
 
 
 def _config():
@@ -31,7 +33,9 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     single = tmp_path / "single"
     cfg = _config()
     cfg.train.batch_size = 4
-    Trainer(cfg, data, single, epochs=2, progress=False).fit()
+    trainer = Trainer(cfg, data, single, epochs=2, progress=False)
+    w0 = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
 
     cfg = _config()
     cfg.train.batch_size = 2  # per process: the same global batch of 4
@@ -50,5 +54,12 @@ def test_two_process_gloo_matches_single_process(tmp_path):
         assert a["step"] == b["step"] == str(2 * int(a["epoch"]))
         assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=LOSS_RTOL)
     wa, wb = load_checkpoint(single / "last.pt")["model"], load_checkpoint(tmp_path / "ddp" / "last.pt")["model"]
+    moved_total = 0.0
     for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=WEIGHT_ATOL, msg=k)
+        if not wa[k].is_floating_point():
+            assert torch.equal(wa[k], wb[k]), k
+            continue
+        moved, diff = (wa[k] - w0[k]).norm().item(), (wb[k] - wa[k]).norm().item()
+        moved_total += moved
+        assert diff <= WEIGHT_RTOL * moved + 1e-7, f"{k}: runs differ by {diff:.3g}, training moved it {moved:.3g}"
+    assert moved_total > 0
