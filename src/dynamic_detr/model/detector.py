@@ -82,6 +82,13 @@ class DynamicDETR(nn.Module):
             per image {"boxes": [k, 4] xyxy in original pixels (clamped to the image), "scores": [k],
             "labels": [k] dataset category ids (`cfg.category_ids`; contiguous labels if it is empty)}.
         """
+        boxes, scores, labels = self.postprocess_batched(outputs, orig_sizes, top_k)
+        return [{"boxes": boxes[i], "scores": scores[i], "labels": labels[i]} for i in range(len(boxes))]
+
+    def postprocess_batched(self, outputs: dict[str, Any], orig_sizes: Tensor,
+                            top_k: int = 100) -> tuple[Tensor, Tensor, Tensor]:
+        """`postprocess` as batched tensors (boxes [B, k, 4], scores [B, k], labels [B, k]), with no loop over
+        the batch, so that an ONNX export keeps the batch dimension free."""
         logits, boxes = outputs["logits"].float(), outputs["boxes"].float()
         b, k, c = logits.shape
         if self.cfg.class_loss == "focal":
@@ -99,4 +106,4 @@ class DynamicDETR(nn.Module):
         xyxy = torch.minimum(xyxy.clamp(min=0), scale)
         if self.category_ids.numel():
             labels = self.category_ids.to(labels.device)[labels]
-        return [{"boxes": xyxy[i], "scores": scores[i], "labels": labels[i]} for i in range(b)]
+        return xyxy, scores, labels

@@ -42,12 +42,35 @@ def offsets_for(offset: Tensor, mask: Tensor, size: tuple[int, int],
     Returns:
         offset [B, 18, H', W'], mask [B, 9, H', W'].
     """
-    if tuple(offset.shape[-2:]) != tuple(size):
-        offset = F.adaptive_avg_pool2d(offset, size)
-        mask = F.adaptive_avg_pool2d(mask, size)
+    if _hw(offset) != tuple(size):
+        offset = _adaptive_avg_pool(offset, size)
+        mask = _adaptive_avg_pool(mask, size)
     if ratio != (1.0, 1.0):
         offset = offset * offset.new_tensor(ratio).repeat(TAPS)[None, :, None, None]
     return offset, mask
+
+
+def _hw(x: Tensor) -> tuple[int, int]:
+    """Spatial size as Python ints: the ONNX tracer records them as constants (the pooling and resizing
+    below need static sizes), so an exported graph has a fixed input size."""
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
+def _adaptive_avg_pool(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """`F.adaptive_avg_pool2d`; while tracing for ONNX (which exports it only for divisible sizes) the same
+    average as two constant pooling matrices (it is separable: bin i spans floor(i*n/m) .. ceil((i+1)*n/m))."""
+    if not torch.jit.is_tracing():
+        return F.adaptive_avg_pool2d(x, size)
+
+    def matrix(n: int, m: int) -> Tensor:
+        p = torch.zeros(m, n, dtype=x.dtype, device=x.device)
+        for i in range(m):
+            lo, hi = (i * n) // m, -((-(i + 1) * n) // m)
+            p[i, lo:hi] = 1.0 / (hi - lo)
+        return p
+
+    h, w = _hw(x)
+    return torch.einsum("oh,bchw,pw->bcop", matrix(h, size[0]), x, matrix(w, size[1]))
 
 
 def stride2_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -125,15 +148,15 @@ class DynamicEncoderBlock(nn.Module):
         outs = []
         for i, x in enumerate(feats):
             ops = self.levels[0 if len(self.levels) == 1 else i]
-            size = (x.shape[-2], x.shape[-1])
+            size = _hw(x)
             s = ops.offset(x)
             offset, mask = s[:, : 2 * TAPS], s[:, 2 * TAPS:].sigmoid()
             branches = [ops.mid(x, offset, mask)]
             if i > 0:  # finer neighbour, stride 2 onto level i's grid
                 fine = feats[i - 1]
-                out_size = stride2_size((fine.shape[-2], fine.shape[-1]))
+                out_size = stride2_size(_hw(fine))
                 # offsets are level-i pixels: x2 in the finer map's pixels (DyHead: unscaled)
-                ratio = (fine.shape[-2] / size[0], fine.shape[-1] / size[1])
+                ratio = (_hw(fine)[0] / size[0], _hw(fine)[1] / size[1])
                 if not self.scale_fine_offsets:
                     ratio = (1.0, 1.0)
                 y = ops.fine(fine, *offsets_for(offset, mask, out_size, ratio))
@@ -142,7 +165,7 @@ class DynamicEncoderBlock(nn.Module):
                 branches.append(y)
             if i + 1 < len(feats):  # coarser neighbour at its own size, s_i pooled and scaled to it
                 coarse = feats[i + 1]
-                csize = (coarse.shape[-2], coarse.shape[-1])
+                csize = _hw(coarse)
                 ratio = (csize[0] / size[0], csize[1] / size[1])
                 y = ops.coarse(coarse, *offsets_for(offset, mask, csize, ratio))
                 branches.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
