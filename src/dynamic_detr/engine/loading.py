@@ -33,12 +33,15 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", prefer_ema:
     path = resolve_weights_path(Path(path))
     if path.suffix == ".safetensors":
         state, meta = load_weights(path)
+        config_json = path.parent / "config.json"  # a save_pretrained directory: its config.json rules
+        if path.name == "model.safetensors" and config_json.is_file():
+            meta["config"] = config_json.read_text()
         if "config" not in meta:
             raise CheckpointError(f"{path}: safetensors file has no 'config' metadata; not a dynamic-detr model")
         try:
             cfg_dict = json.loads(meta["config"])
         except json.JSONDecodeError:
-            raise CheckpointError(f"{path}: 'config' metadata is not valid JSON") from None
+            raise CheckpointError(f"{path}: config is not valid JSON") from None
     else:
         ckpt = load_checkpoint(path)
         cfg_dict = ckpt.get("config")
@@ -56,4 +59,5 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", prefer_ema:
     model = DynamicDETR(cfg.model)
     check_compatible(state, model, source=str(path))
     model.load_state_dict(state)
+    model.run_config = cfg
     return model.to(device).eval(), cfg
