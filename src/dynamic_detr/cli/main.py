@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "dynamic_detr.cli.train",
     "dynamic_detr.cli.evaluate",
     "dynamic_detr.cli.predict",
+    "dynamic_detr.cli.export",
 ]
 
 

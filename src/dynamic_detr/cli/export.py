@@ -1,0 +1,71 @@
+"""`dynamic-detr export`: an ONNX graph (post-processing included) and an optional onnxruntime parity check."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export a trained model to ONNX",
+                       description="Write an ONNX graph taking images [B, 3, H, W] float in [0, 1] (resized to "
+                                   "the export size) and orig_sizes [B, 2] int64 (h, w), returning boxes [B, K, 4] "
+                                   "xyxy in original pixels, scores [B, K] and labels [B, K] (dataset category "
+                                   "ids): top-K, no NMS, no threshold. EMA weights are exported when present. "
+                                   "Deformable convs become ONNX DeformConv (opset 19+) unless --portable.")
+    p.add_argument("--checkpoint", required=True, type=Path, help="run folder, .pt checkpoint or .safetensors")
+    p.add_argument("--out", required=True, type=Path, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=19, help="ONNX opset (default 19; DeformConv needs 19+)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="graph input size (default: eval short side x min(eval max size, 4/3 of it))")
+    p.add_argument("--dynamic", action="store_true", help="free batch dimension (H and W stay fixed)")
+    p.add_argument("--portable", action="store_true",
+                   help="deformable convs as GridSample + MatMul, for runtimes without DeformConv")
+    p.add_argument("--top-k", type=int, default=100, help="detections per image (default 100)")
+    p.add_argument("--check", action="store_true",
+                   help="run onnxruntime and PyTorch on the same images and print their largest differences")
+    p.add_argument("--data", type=Path,
+                   help="images for --check: an image folder or a COCO dataset folder (its val split); "
+                        "random images when omitted")
+    p.set_defaults(func=run)
+
+
+def default_image_size(short: int, max_size: int) -> tuple[int, int]:
+    return short, min(max_size, short * 4 // 3)
+
+
+def _check_files(data: Path | None, val_split: str) -> list[Path]:
+    from ..errors import UserError
+    from .predict import list_inputs
+
+    if data is None:
+        return []
+    folder = data / val_split if (data / val_split).is_dir() else data
+    if not folder.is_dir():
+        raise UserError(f"{data}: no such folder")
+    return list_inputs([folder])
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.loading import load_model
+    from ..export.onnx_export import Parity, check_images, compare, export_onnx
+
+    model, cfg = load_model(args.checkpoint, "cpu")
+    size = tuple(args.image_size) if args.image_size else default_image_size(cfg.data.eval_short_side,
+                                                                           cfg.data.eval_max_size)
+    wrapper = export_onnx(model, args.out, size, opset=args.opset, portable=args.portable,
+                          dynamic_batch=args.dynamic, top_k=args.top_k)
+    mode = "portable (GridSample)" if args.portable else "native (DeformConv)"
+    print(f"wrote {args.out}: {mode}, opset {args.opset}, input {size[0]}x{size[1]}"
+          f"{', dynamic batch' if args.dynamic else ''}")
+    if args.check:
+        files = _check_files(args.data, cfg.data.val_split)
+        images, sizes = check_images(files, size, count=4)
+        if args.dynamic:
+            parity = compare(wrapper, args.out, images, sizes)
+        else:  # a fixed-batch graph: one image at a time
+            parity = Parity.merge([compare(wrapper, args.out, images[i:i + 1], sizes[i:i + 1])
+                                   for i in range(len(images))])
+        where = f"{len(images)} image(s) of {args.data}" if files else f"{len(images)} random image(s)"
+        print(f"onnxruntime vs PyTorch on {where}: {parity.line()}")
+    return 0

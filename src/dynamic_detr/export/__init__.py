@@ -1,0 +1,1 @@
+"""Deployment: ONNX export (native `DeformConv` or portable `GridSample`), onnxruntime parity check."""

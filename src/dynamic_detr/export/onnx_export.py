@@ -1,0 +1,163 @@
+"""ONNX export of a trained model with post-processing in the graph, and an onnxruntime parity check.
+
+Two modes:
+* native: the encoder runs torchvision's `deform_conv2d`, exported as ONNX `DeformConv` (opset 19+) by the
+  symbolic registered here; runtimes need a `DeformConv` kernel (onnxruntime has one on CPU).
+* portable: the encoder runs the grid_sample + matmul form (model/deform.py): `GridSample` + `MatMul` only.
+
+RoI pooling is torchvision's `roi_align`, which torchvision itself exports as ONNX `RoiAlign` (aligned=True
+becomes coordinate_transformation_mode=half_pixel, opset 16+). The TorchScript exporter (`dynamo=False`) is
+used: it is the one that takes custom symbolics for `torchvision::` ops.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..model import DynamicDETR
+
+DEFORM_CONV_OPSET = 19
+"""First ONNX opset with `DeformConv`."""
+ROI_ALIGN_OPSET = 16
+"""First ONNX opset whose `RoiAlign` has half_pixel coordinates (torchvision's aligned=True)."""
+INPUT_NAMES = ["images", "orig_sizes"]
+OUTPUT_NAMES = ["boxes", "scores", "labels"]
+
+
+def _deform_conv2d_symbolic(g, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                            dilation_h, dilation_w, groups, offset_groups, use_mask):
+    """`torchvision::deform_conv2d` -> ONNX DeformConv(X, W, offset, B, mask); torchvision's offset layout
+    ((dy, dx) per tap, taps row-major, offset groups outermost) is the one DeformConv reads."""
+    from torch.onnx.symbolic_helper import _get_const
+
+    ints = [_get_const(v, "i", name) for v, name in ((stride_h, "stride_h"), (stride_w, "stride_w"),
+                                                   (pad_h, "pad_h"), (pad_w, "pad_w"),
+                                                   (dilation_h, "dilation_h"), (dilation_w, "dilation_w"),
+                                                   (groups, "groups"), (offset_groups, "offset_groups"))]
+    sh, sw, ph, pw, dh, dw, n_groups, n_offset_groups = ints
+    inputs = [input, weight, offset, bias]
+    if _get_const(use_mask, "b", "use_mask"):
+        inputs.append(mask)
+    return g.op("DeformConv", *inputs, strides_i=[sh, sw], pads_i=[ph, pw, ph, pw], dilations_i=[dh, dw],
+                group_i=n_groups, offset_group_i=n_offset_groups)
+
+
+def register_deform_conv_symbolic(opset: int = DEFORM_CONV_OPSET) -> None:
+    """Register the `DeformConv` symbolic for the TorchScript exporter (idempotent)."""
+    torch.onnx.register_custom_op_symbolic("torchvision::deform_conv2d", _deform_conv2d_symbolic, opset)
+
+
+class ExportWrapper(nn.Module):
+    """(images [B, 3, H, W] float in [0, 1], orig_sizes [B, 2] int64 (h, w)) -> boxes [B, k, 4] xyxy in
+    original pixels, scores [B, k], labels [B, k] int64 dataset category ids: `forward` + `postprocess`
+    (top-k, no NMS, no threshold). The images are whole (no padding), already resized to the export size."""
+
+    def __init__(self, model: DynamicDETR, top_k: int = 100) -> None:
+        super().__init__()
+        self.model = model
+        self.top_k = top_k
+
+    def forward(self, images: Tensor, orig_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.postprocess_batched(self.model(images), orig_sizes, self.top_k)
+
+
+def prepare_model(model: DynamicDETR, portable: bool) -> DynamicDETR:
+    """A copy of `model` in eval mode on CPU whose deformable convs use the kernel the mode exports."""
+    model = copy.deepcopy(model).cpu().eval()
+    impl = "sampled" if portable else "torchvision"
+    model.cfg.encoder.deform_impl = impl
+    for m in model.encoder.modules():
+        if hasattr(m, "impl"):
+            m.impl = impl
+    return model
+
+
+def export_onnx(model: DynamicDETR, out: str | Path, image_size: tuple[int, int], opset: int = DEFORM_CONV_OPSET,
+                portable: bool = False, dynamic_batch: bool = False, top_k: int = 100) -> ExportWrapper:
+    """Write `out` (an .onnx file); returns the exported wrapper (CPU, eval) for comparisons.
+
+    image_size: (H, W) of the graph's input. The encoder's shape arithmetic (neighbour sizes, offset scale
+    ratios) is traced as constants, so H and W are fixed; `dynamic_batch` makes the batch dimension free.
+    """
+    need = ROI_ALIGN_OPSET if portable else DEFORM_CONV_OPSET
+    if opset < need:
+        what = "RoiAlign with half_pixel coordinates" if portable else "DeformConv"
+        raise UserError(f"--opset {opset} is too old: {what} needs opset {need} or newer")
+    wrapper = ExportWrapper(prepare_model(model, portable), top_k).eval()
+    if not portable:
+        register_deform_conv_symbolic(DEFORM_CONV_OPSET)
+    h, w = image_size
+    images = torch.rand(1, 3, h, w)
+    sizes = torch.tensor([[h, w]], dtype=torch.int64)
+    axes = {name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES} if dynamic_batch else None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic becoming constants
+        torch.onnx.export(wrapper, (images, sizes), str(out), opset_version=opset, dynamo=False,
+                          input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, dynamic_axes=axes)
+    return wrapper
+
+
+@dataclass
+class Parity:
+    """onnxruntime vs PyTorch on the same inputs; detections above `min_score` in PyTorch are compared."""
+
+    max_box_px: float
+    max_score: float
+    label_agreement: float
+    compared: int
+
+    @staticmethod
+    def merge(parts: list[Parity]) -> Parity:
+        n = sum(q.compared for q in parts)
+        return Parity(max(q.max_box_px for q in parts), max(q.max_score for q in parts),
+                      sum(q.label_agreement * q.compared for q in parts) / n, n)
+
+    def line(self) -> str:
+        return (f"max |box diff| {self.max_box_px:.4f} px, max |score diff| {self.max_score:.2e}, labels "
+                f"agree {100 * self.label_agreement:.1f}% ({self.compared} detections)")
+
+
+def compare(wrapper: ExportWrapper, onnx_path: str | Path, images: Tensor, orig_sizes: Tensor,
+            top: int = 10) -> Parity:
+    """Run the graph with onnxruntime (CPU) and the wrapper with PyTorch on `images` [B, 3, H, W] in [0, 1];
+    compare each image's `top` highest-scoring detections (box in pixels, score, label, position by position)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("onnxruntime is not installed: pip install 'dynamic-detr[export]'") from None
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    boxes, scores, labels = session.run(None, {"images": images.numpy(), "orig_sizes": orig_sizes.numpy()})
+    with torch.no_grad():
+        ref = [t.numpy() for t in wrapper(images, orig_sizes)]
+    n = min(top, ref[1].shape[1])
+    return Parity(max_box_px=float(abs(boxes[:, :n] - ref[0][:, :n]).max()),
+                  max_score=float(abs(scores[:, :n] - ref[1][:, :n]).max()),
+                  label_agreement=float((labels[:, :n] == ref[2][:, :n]).mean()), compared=int(labels[:, :n].size))
+
+
+def check_images(files: list[Path], image_size: tuple[int, int], count: int = 4,
+                 seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Up to `count` of `files` resized to `image_size`, or random images when there are none
+    -> (images [n, 3, H, W] in [0, 1], original sizes [n, 2] int64)."""
+    import torchvision.transforms.v2.functional as TF
+
+    from ..data.image_io import read_image
+
+    images, sizes = [], []
+    for path in files[:count]:
+        img = torch.Tensor.as_subclass(read_image(path), torch.Tensor)
+        sizes.append(img.shape[-2:])
+        images.append(TF.resize(img, list(image_size), antialias=True).float() / 255)
+    if not images:
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(2, 3, *image_size, generator=g), torch.tensor([list(image_size)] * 2)
+    return torch.stack(images), torch.tensor([list(s) for s in sizes], dtype=torch.int64)

@@ -1,0 +1,153 @@
+"""ONNX export: graph contents (DeformConv / RoiAlign, or GridSample only) and onnxruntime parity with PyTorch."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from export_helpers import CATEGORY_IDS, live_model, tiny_config
+from PIL import Image
+
+from dynamic_detr.cli.main import main
+from dynamic_detr.engine.checkpoint import save_checkpoint
+from dynamic_detr.export.onnx_export import compare, export_onnx
+
+SIZE = (96, 128)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return live_model()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """mode -> (wrapper, path), both with a free batch dimension."""
+    root = tmp_path_factory.mktemp("onnx")
+    out = {}
+    for mode in ("native", "portable"):
+        path = root / f"{mode}.onnx"
+        out[mode] = export_onnx(model, path, SIZE, portable=mode == "portable", dynamic_batch=True), path
+    return out
+
+
+def _inputs(n: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, *SIZE, generator=g)
+    sizes = torch.tensor([[480, 640], [300, 200], [96, 128]][:n], dtype=torch.int64)
+    return images, sizes
+
+
+def _ops(path) -> dict[str, list[onnx.NodeProto]]:
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    ops: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.graph.node:
+        ops.setdefault(node.op_type, []).append(node)
+    return ops
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_native_graph_has_deform_conv_and_roi_align(exported):
+    ops = _ops(exported["native"][1])
+    convs = ops.get("DeformConv", [])
+    # cpu_tiny: 1 block x 5 levels: 5 mid + 4 fine (stride 2) + 4 coarse
+    assert len(convs) == 13
+    assert all(len(n.input) == 5 and n.input[4] for n in convs)  # X, W, offset, B, mask
+    strides = sorted(_attrs(n)["strides"] for n in convs)
+    assert strides.count([2, 2]) == 4 and strides.count([1, 1]) == 9
+    assert all(_attrs(n)["pads"] == [1, 1, 1, 1] and _attrs(n)["offset_group"] == 1 for n in convs)
+    rois = ops.get("RoiAlign", [])
+    assert rois and all(_attrs(n)["coordinate_transformation_mode"] == b"half_pixel" for n in rois)
+    assert "GridSample" not in ops
+
+
+def test_portable_graph_has_no_deform_conv(exported):
+    ops = _ops(exported["portable"][1])
+    assert "DeformConv" not in ops
+    assert len(ops["GridSample"]) == 13 and "RoiAlign" in ops
+
+
+@pytest.mark.parametrize("mode", ["native", "portable"])
+def test_onnxruntime_matches_pytorch(exported, mode):
+    wrapper, path = exported[mode]
+    images, sizes = _inputs(3)
+    parity = compare(wrapper, path, images, sizes, top=10)
+    assert parity.compared == 30
+    assert parity.max_box_px < 1.0
+    assert parity.max_score < 1e-3
+    assert parity.label_agreement == 1.0
+
+
+def test_wrapper_is_the_models_postprocess(model, exported):
+    """What the graph computes is the eager model's own prediction (its default, sampled kernel)."""
+    images, sizes = _inputs(2)
+    with torch.no_grad():
+        ref = model.postprocess(model(images), sizes)
+        boxes, scores, labels = exported["native"][0](images, sizes)
+    for i in range(2):
+        torch.testing.assert_close(boxes[i], ref[i]["boxes"], atol=1e-3, rtol=0)
+        torch.testing.assert_close(scores[i], ref[i]["scores"], atol=1e-5, rtol=0)
+        assert torch.equal(labels[i], ref[i]["labels"])
+    assert set(labels.unique().tolist()) <= set(CATEGORY_IDS)
+    assert (boxes[1, :, 2] <= 200).all() and (boxes[0, :, 2] > 200).any()  # scaled to each original size
+    assert not torch.allclose(boxes[0] / 640, boxes[1] / 200)  # boxes depend on the image
+
+
+def test_cli_export_check_on_image_folder(model, tmp_path, capsys):
+    model.save_pretrained(tmp_path / "model")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(120, 90), (64, 100)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "m.onnx"
+    code = main(["export", "--checkpoint", str(tmp_path / "model"), "--out", str(out), "--image-size", "96", "128",
+                 "--check", "--data", str(folder)])
+    assert code == 0 and out.is_file()
+    text = capsys.readouterr().out
+    assert "DeformConv" in text and "2 image(s)" in text
+    box = float(re.search(r"max \|box diff\| ([\d.]+) px", text).group(1))
+    assert box < 1.0 and "labels agree 100.0%" in text
+
+
+def test_export_uses_ema_weights(model, tmp_path):
+    """A training checkpoint with EMA weights exports the EMA ones."""
+    ema = live_model(seed=1)
+    raw = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    ckpt = tmp_path / "last.pt"
+    save_checkpoint(ckpt, {"model": raw, "config": tiny_config().to_dict(),
+                           "ema": {f"module.{k}": v for k, v in ema.state_dict().items()}})
+    out = tmp_path / "ema.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--image-size", *map(str, SIZE),
+                 "--portable"]) == 0
+    import onnxruntime as ort
+
+    images, sizes = _inputs(1)
+    got = ort.InferenceSession(str(out)).run(None, {"images": images.numpy(), "orig_sizes": sizes.numpy()})
+    with torch.no_grad():
+        ref = ema.postprocess(ema(images), sizes)[0]
+    np.testing.assert_allclose(got[1][0], ref["scores"].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10])
+def test_export_bad_checkpoint_is_one_line_error(tmp_path, capsys, content):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    assert main(["export", "--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "bad.pt" in err and "\n" not in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_native_export_refuses_old_opset(model, tmp_path):
+    from dynamic_detr.errors import UserError
+
+    with pytest.raises(UserError, match="DeformConv needs opset 19"):
+        export_onnx(model, tmp_path / "m.onnx", SIZE, opset=17)
