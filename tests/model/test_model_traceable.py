@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from dynamic_detr.model.encoder import _adaptive_avg_pool
 
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
+
 
 @pytest.mark.parametrize(("hw", "size"), [((7, 11), (4, 6)), ((5, 3), (3, 2)), ((2, 3), (1, 2)), ((4, 4), (2, 2))])
 def test_traced_adaptive_pool_equals_torch(hw, size):
