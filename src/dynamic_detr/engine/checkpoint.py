@@ -12,6 +12,7 @@ Two kinds of file:
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import tempfile
@@ -182,6 +183,19 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def remove_stale_temp_files(path: str | Path) -> list[Path]:
+    """Delete the temp files an interrupted `_atomic_write` of `path` left next to it (a process killed
+    mid-write cannot clean up; each leftover is up to a whole checkpoint). Only call this when no other
+    process is writing `path`. Returns the removed files."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def _check_file(path: Path) -> None:

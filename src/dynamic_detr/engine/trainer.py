@@ -28,7 +28,13 @@ import torch
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, UserError
 from . import distributed as dist_utils
-from .checkpoint import check_compatible, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+    save_weights,
+)
 from .inference import autocast, evaluate_model
 from .report import AP_KEYS, RunReport, atomic_write_json
 from .sampler import ResumableSampler, SeededDataset
@@ -63,8 +69,28 @@ class _StopFlag:
                 raise KeyboardInterrupt
             return  # repeated SIGTERMs (e.g. a supervisor and its child both forwarding one): keep stopping
         self.requested = True
+        self._quiet_worker_deaths()
         print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
               "(again to abort)", file=sys.stderr)
+
+    def _quiet_worker_deaths(self) -> None:
+        """A signal sent to the whole process group (Ctrl-C in a terminal, `kill -TERM -PGID`) also ends the
+        DataLoader workers, and torch's SIGCHLD handler then raises "DataLoader worker ... is killed by signal"
+        wherever the main process happens to be, e.g. halfway through writing the checkpoint. Once a stop is
+        requested the workers' death is expected: swallow that error (the loader itself still reports it at
+        its next batch, which `_until_loader_dies` turns into the end of the epoch)."""
+        sigchld = getattr(signal, "SIGCHLD", None)
+        previous = signal.getsignal(sigchld) if sigchld is not None else None
+        if not callable(previous):
+            return
+
+        def handler(signum, frame) -> None:
+            with contextlib.suppress(RuntimeError):
+                previous(signum, frame)
+
+        with contextlib.suppress(ValueError):
+            signal.signal(sigchld, handler)
+            self._old.setdefault(sigchld, previous)
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
@@ -101,7 +127,7 @@ class Trainer:
         self._build_data()
         self._build_model()
         self.state = {"epoch": 0, "epoch_samples": 0, "step": 0, "elapsed": 0.0, "best_ap": -1.0,
-                      "nonfinite_total": 0}
+                      "nonfinite_total": 0, "epoch_stats": _new_epoch_stats()}
         if resume_state is not None:
             self._load_state(resume_state)
         self.report = RunReport(self.out) if self.dist.is_main else None
@@ -210,6 +236,7 @@ class Trainer:
                 self.state[k] = state[k]
         if state.get("world_size", 1) != self.dist.world_size or state.get("batch_size") != self.cfg.train.batch_size:
             self.state["epoch_samples"] = 0  # a different sharding: restart the interrupted epoch
+            self.state["epoch_stats"] = _new_epoch_stats()
         if "rng_torch" in state:
             torch.set_rng_state(state["rng_torch"])
 
@@ -258,6 +285,8 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self.cfg.dump(self.out / "config.yaml")
+            for name in ("last.pt", "best.pt", "weights/last.safetensors", "weights/best.safetensors"):
+                remove_stale_temp_files(self.out / name)  # left by a run killed while writing them
         status = "finished"
         with _StopFlag() as stop:
             while self.state["epoch"] < t.epochs:
@@ -289,9 +318,12 @@ class Trainer:
         epoch = self.state["epoch"]
         self.train_sampler.set_epoch(epoch, start=self.state["epoch_samples"])
         self.ddp.train()
-        sums: dict[str, float] = defaultdict(float)
-        count, nonfinite_run, skipped = 0, 0, 0
-        t0 = time.perf_counter()
+        # the epoch's loss sums so far live in the checkpointed state, so that a resumed epoch (after a stop or
+        # a kill) reports the mean over all of its steps in results.csv, not only over those after the resume
+        stats = self.state["epoch_stats"]
+        sums: dict[str, float] = defaultdict(float, stats["sums"])
+        count, nonfinite_run, skipped = stats["count"], 0, stats["skipped"]
+        t0 = time.perf_counter() - stats["seconds"]
         last_tick = t0
         iterator = self.train_loader
         bar = None
@@ -343,6 +375,8 @@ class Trainer:
                 count += 1
                 for k, v in losses.items():
                     sums[k] += float(v.detach())
+            self.state["epoch_stats"] = {"sums": dict(sums), "count": count, "skipped": skipped,
+                                         "seconds": time.perf_counter() - t0}
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
             elif self.dist.is_main and self.state["step"] % self.log_every == 0 and boundary:
@@ -391,6 +425,7 @@ class Trainer:
 
     def _end_epoch(self, metrics: dict[str, Any] | None) -> None:
         sums, count, skipped, seconds, lr = self._epoch_sums
+        self.state["epoch_stats"] = _new_epoch_stats()
         mean = {k: v / max(count, 1) for k, v in sums.items()}
         mean = dist_utils.all_reduce_mean(mean, self.device)
         best = False
@@ -464,6 +499,10 @@ def _until_loader_dies(iterator, stop: _StopFlag):
                 return
             raise
         yield batch
+
+
+def _new_epoch_stats() -> dict[str, Any]:
+    return {"sums": {}, "count": 0, "skipped": 0, "seconds": 0.0}
 
 
 def _float(outputs: dict[str, Any]) -> dict[str, Any]:
