@@ -1,0 +1,116 @@
+"""Fuzzing the dataset loader and `data check` with malformed COCO JSON (hypothesis): wrong types, missing
+fields, huge numbers, unicode names, empty lists. Every case must end in a UserError-derived error (a clear
+one-line message) or a documented skip/warning, never another exception type or a hang."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from dynamic_detr.data.check import check_dataset
+from dynamic_detr.data.coco import CocoDetection
+from dynamic_detr.errors import UserError
+
+EXAMPLES = 120  # bounded: each example loads a 2-image dataset twice
+
+BASE = {
+    "images": [{"id": 1, "file_name": "a.png", "width": 24, "height": 16},
+               {"id": 2, "file_name": "b.png", "width": 24, "height": 16}],
+    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 8], "area": 80, "iscrowd": 0},
+                    {"id": 2, "image_id": 2, "category_id": 2, "bbox": [0, 0, 24, 16], "area": 384,
+                     "iscrowd": 0}],
+    "categories": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"}],
+}
+FIELDS = {"images": ["id", "file_name", "width", "height"],
+          "annotations": ["id", "image_id", "category_id", "bbox", "area", "iscrowd"],
+          "categories": ["id", "name", "supercategory"]}
+
+_scalars = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, -1, 10**30, 2**63, -(2**63) - 1]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),  # any unicode, NUL and surrogates excluded by JSON encoding rules below
+    st.sampled_from(["", "../x.png", "/etc/passwd", "a.png\x00b", "ünï/cødé.png", "a.png/", ".", "b.png"]),
+)
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=5),
+                                                          st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+                       max_leaves=8)
+
+
+@st.composite
+def _mutated(draw) -> dict:
+    data = json.loads(json.dumps(BASE))
+    for _ in range(draw(st.integers(1, 4))):
+        section = draw(st.sampled_from([*FIELDS, "categories"]))
+        kind = draw(st.sampled_from(["field", "field", "field", "delete", "record", "section", "empty"]))
+        records = data.get(section)
+        if kind == "section":
+            data[section] = draw(_values)
+        elif kind == "empty":
+            data[section] = []
+        elif not isinstance(records, list) or not records:
+            continue
+        else:
+            i = draw(st.integers(0, len(records) - 1))
+            if kind == "record":
+                records[i] = draw(_values)
+            elif isinstance(records[i], dict):
+                field = draw(st.sampled_from(FIELDS[section]))
+                if kind == "delete":
+                    records[i].pop(field, None)
+                else:
+                    records[i][field] = draw(_values)
+    return data
+
+
+def _root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="fuzz-coco-"))
+    (root / "train").mkdir()
+    (root / "annotations").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (24, 16), (120, 80, 40)).save(root / "train" / name)
+    return root
+
+
+ROOT = _root()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(_mutated())
+def test_malformed_coco_json_gives_user_errors_or_skips(data):
+    text = json.dumps(data, ensure_ascii=False)  # NaN / Infinity tokens too: Python's json writes them
+    (ROOT / "annotations" / "instances_train.json").write_text(text, encoding="utf-8", errors="surrogatepass")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = CocoDetection(ROOT, "train")
+        except UserError as e:
+            assert str(e) and "\n" not in str(e).strip(), str(e)
+        else:
+            for i in range(len(ds)):
+                image, target = ds[i]
+                boxes = target["boxes"]
+                assert boxes.shape[-1] == 4 and bool(boxes.isfinite().all())
+                assert bool((target["labels"] >= 0).all())
+            ds.coco_gt()
+        try:
+            report = check_dataset(ROOT, "train", workers=1, progress=False)
+        except UserError as e:
+            assert str(e) and "\n" not in str(e).strip(), str(e)
+        else:
+            report.summary()
+            assert all(isinstance(m, str) for m in report.errors + report.warnings)
+
+
+def test_fuzz_base_dataset_is_clean():
+    (ROOT / "annotations" / "instances_train.json").write_text(json.dumps(BASE))
+    assert len(CocoDetection(ROOT, "train")) == 2
+    assert check_dataset(ROOT, "train", workers=1, progress=False).ok
