@@ -96,7 +96,7 @@ def test_malformed_coco_json_gives_user_errors_or_skips(data):
             assert str(e) and "\n" not in str(e).strip(), str(e)
         else:
             for i in range(len(ds)):
-                image, target = ds[i]
+                _, target = ds[i]
                 boxes = target["boxes"]
                 assert boxes.shape[-1] == 4 and bool(boxes.isfinite().all())
                 assert bool((target["labels"] >= 0).all())

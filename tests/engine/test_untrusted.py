@@ -63,7 +63,7 @@ def test_payload_refused_by_cli_and_api_and_not_executed(files, tmp_path, capsys
     image = next((files["data"] / "val").iterdir())
     assert main(["predict", "--checkpoint", str(path), "--out", str(tmp_path / "p"), str(image)]) == 2
     _assert_one_line_error(capsys, path.name, "refused")
-    with pytest.raises(CheckpointError, match="refused.*nothing was executed"):
+    with pytest.raises(CheckpointError, match=r"refused.*nothing was executed"):
         load_model(path)
     with pytest.raises(CheckpointError, match="refused"):
         DynamicDETR.from_pretrained(path)

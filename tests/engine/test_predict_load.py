@@ -1,0 +1,124 @@
+"""`predict` over a folder of many mixed images (corrupt, huge, 1x1, grayscale, RGBA, palette, 16-bit):
+finishes, reports every bad one, writes one JSON per good one, and its memory stays bounded; malformed image
+bytes (hypothesis) are reported as bad while the run goes on."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from dynamic_detr.config import get_preset
+from dynamic_detr.engine.predictor import Predictor
+from dynamic_detr.model import DynamicDETR
+
+N_IMAGES = 200  # the issue's 1,000 with the same mix is a constant change; 200 keeps CI within budget
+HUGE = (4000, 3000)
+# a bound for the predict subprocess' peak RSS: torch + the model (~0.5 GB) and one batch of decoded images
+# (a 4000x3000 image is 36 MB as uint8); accumulating 200 decoded images or outputs would exceed it
+MAX_RSS_MB = 1500
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    cfg = get_preset("cpu_tiny")
+    cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names = 2, [3, 7], ["square", "disc"]
+    torch.manual_seed(0)
+    model = DynamicDETR(cfg.model)
+    model.run_config = cfg
+    out = tmp_path_factory.mktemp("model") / "m"
+    model.save_pretrained(out)
+    return out
+
+
+def _write_mix(folder: Path) -> set[str]:
+    """N_IMAGES files; returns the names of the ones that must be reported as bad."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    bad = set()
+    for i in range(N_IMAGES):
+        kind = i % 10
+        name = f"{i:04d}"
+        if kind == 0:  # corrupt: truncated PNG, garbage with a JPEG name, empty
+            path = folder / f"{name}_bad.{['png', 'jpg', 'png'][i // 10 % 3]}"
+            src = io.BytesIO()
+            Image.new("RGB", (64, 48), (200, 10, 10)).save(src, "PNG")
+            path.write_bytes([src.getvalue()[:60], b"\xff\xd8garbage" * 20, b""][i // 10 % 3])
+            bad.add(path.name)
+        elif kind == 1 and i < 40:  # huge, cheap to encode (flat colour)
+            Image.new("RGB", HUGE, (30, 120, 200)).save(folder / f"{name}_huge.png")
+        elif kind == 2:
+            Image.new("RGB", (1, 1), (5, 5, 5)).save(folder / f"{name}_1x1.png")
+        elif kind == 3:
+            Image.fromarray(rng.integers(0, 255, (50, 70), dtype=np.uint8), "L").save(folder / f"{name}_gray.jpg")
+        elif kind == 4:
+            Image.fromarray(rng.integers(0, 255, (40, 60, 4), dtype=np.uint8), "RGBA").save(folder / f"{name}_rgba.png")
+        elif kind == 5:
+            Image.new("P", (33, 21), 3).save(folder / f"{name}_palette.png")
+        elif kind == 6:
+            Image.fromarray(rng.integers(0, 65535, (30, 20), dtype=np.uint16)).save(folder / f"{name}_16bit.png")
+        else:
+            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"{name}.jpg")
+    return bad
+
+
+@pytest.mark.slow
+def test_predict_over_many_mixed_images_streams(model_dir, tmp_path):
+    images = tmp_path / "images"
+    bad = _write_mix(images)
+    out = tmp_path / "pred"
+    code = ("import resource, sys\nfrom dynamic_detr.cli.main import main\nrc = main(sys.argv[1:])\n"
+            "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code, "predict", "--checkpoint", str(model_dir), "--threshold",
+                           "0.0", "--batch-size", "4", "--device", "cpu", "--out", str(out), str(images)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]  # 1: some inputs were skipped
+    assert "Traceback" not in proc.stderr
+    good = N_IMAGES - len(bad)
+    assert f"{good} image(s)" in proc.stdout and f"{len(bad)} input(s) skipped" in proc.stdout
+    for name in bad:
+        assert name in proc.stdout, name
+    jsons = sorted(out.glob("*.json"))
+    assert len(jsons) == good
+    huge = json.loads((out / "0001_huge.json").read_text())
+    assert (huge["width"], huge["height"]) == HUGE
+    rss_mb = int(proc.stdout.split("MAXRSS_KB")[1].split()[0]) / 1024
+    assert rss_mb < MAX_RSS_MB, f"predict peaked at {rss_mb:.0f} MB"
+
+
+_PNG = io.BytesIO()
+Image.new("RGB", (20, 10), (9, 9, 9)).save(_PNG, "PNG")
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=300),
+                 st.binary(max_size=200).map(lambda b: _PNG.getvalue()[:40] + b),
+                 st.binary(max_size=200).map(lambda b: b"\xff\xd8\xff\xe0" + b),
+                 st.binary(max_size=200).map(lambda b: b"GIF89a" + b)))
+def test_malformed_image_bytes_reported_and_run_continues(model_dir, tmp_path_factory, data):
+    folder = tmp_path_factory.mktemp("fuzzimg")
+    from dynamic_detr.engine.loading import load_model
+
+    model, cfg = _MODEL.get("m") or _MODEL.setdefault("m", load_model(model_dir))
+    (folder / "0.png").write_bytes(_PNG.getvalue())
+    (folder / "1.png").write_bytes(data)
+    (folder / "2.png").write_bytes(_PNG.getvalue())
+    files = [folder / f"{i}.png" for i in range(3)]
+    n_ok, _, failed = Predictor(model, cfg, torch.device("cpu")).predict_files(files, folder, 0.5, batch_size=2)
+    assert n_ok + len(failed) == 3 and n_ok >= 2
+    assert all("1.png" in m and "\n" not in m for m in failed)
+
+
+_MODEL: dict = {}
