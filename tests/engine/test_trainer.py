@@ -151,3 +151,20 @@ def test_ema_evaluated_alongside_raw(easy, tmp_path):
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert "raw_AP" in rows[0]
     assert load_checkpoint(run / "last.pt")["ema"] is not None
+
+
+def test_resume_without_checkpoint_starts_fresh_only_under_torchrun(easy, tmp_path, monkeypatch):
+    """`--resume` on an empty run folder is an error for a user (a typo must not silently start over), but under
+    torchrun it means "resume if there is anything": the first launch starts fresh, an elastic restart
+    (--max-restarts) resumes from last.pt."""
+    from dynamic_detr.errors import CheckpointError
+
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        Trainer(tiny_config(batch_size=4), easy, tmp_path / "a", epochs=1, resume=True, progress=False)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    trainer = Trainer(tiny_config(batch_size=4), easy, tmp_path / "b", epochs=1, resume=True, progress=False)
+    assert not trainer.resumed and trainer.state["step"] == 0
+    trainer.fit()
+    again = Trainer(tiny_config(batch_size=4), easy, tmp_path / "b", epochs=2, resume=True, progress=False)
+    assert again.resumed and again.state["epoch"] == 1

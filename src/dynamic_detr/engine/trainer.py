@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -128,6 +129,7 @@ class Trainer:
         self._build_model()
         self.state = {"epoch": 0, "epoch_samples": 0, "step": 0, "elapsed": 0.0, "best_ap": -1.0,
                       "nonfinite_total": 0, "epoch_stats": _new_epoch_stats()}
+        self.resumed = resume_state is not None
         if resume_state is not None:
             self._load_state(resume_state)
         self.report = RunReport(self.out) if self.dist.is_main else None
@@ -143,6 +145,10 @@ class Trainer:
             self.out = path if resume is not True else self.out
             path = path / "last.pt"
         if not path.exists():
+            if resume is True and "TORCHELASTIC_RESTART_COUNT" in os.environ:
+                # under torchrun, `--resume` means "resume if there is anything to resume": the first launch
+                # starts fresh and an elastic restart (--max-restarts) continues from the last checkpoint
+                return None
             raise CheckpointError(f"{path}: no checkpoint to resume from")
         state = load_checkpoint(path)
         if "optimizer" not in state:
@@ -287,6 +293,8 @@ class Trainer:
             self.cfg.dump(self.out / "config.yaml")
             for name in ("last.pt", "best.pt", "weights/last.safetensors", "weights/best.safetensors"):
                 remove_stale_temp_files(self.out / name)  # left by a run killed while writing them
+        if self.resumed and self.dist.is_main:
+            print(f"resuming {self.out} at epoch {self.state['epoch'] + 1}, step {self.state['step']}", flush=True)
         status = "finished"
         with _StopFlag() as stop:
             while self.state["epoch"] < t.epochs:
