@@ -45,7 +45,18 @@ def init_distributed(device: str | None = None) -> DistInfo:
     else:
         dev = torch.device(want)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is None:
+            dist.init_process_group(backend=backend)
+        else:
+            # torchrun keeps one store across elastic restarts (--max-restarts): the previous round's peer
+            # addresses are still in it, and a restarted rank may read a dead peer's address before its
+            # replacement overwrites it ("connectFullMesh failed ... Connection refused", seen here in 1 of 3
+            # restarts; pytorch/pytorch#167288 reports the NCCL form). A key prefix per round avoids that.
+            store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world))
+            store = dist.PrefixStore(f"dynamic_detr/round{restart}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
