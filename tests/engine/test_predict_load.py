@@ -22,9 +22,9 @@ from dynamic_detr.config import get_preset
 from dynamic_detr.engine.predictor import Predictor
 from dynamic_detr.model import DynamicDETR
 
-N_IMAGES = 200  # the 1,000 with the same mix is a constant change; 200 keeps CI within budget
+N_IMAGES = 1000  # the load: 100 corrupt, 4 huge, the rest tiny, gray, RGBA, palette, 16-bit, RGB
 HUGE = (4000, 3000)
-# memory is bounded when the peak RSS over the whole mix (4 huge images among 200) stays within this margin
+# memory is bounded when the peak RSS over the whole mix (4 huge images among N_IMAGES) stays within this margin
 # of the peak over a folder holding one huge image: a huge image costs ~180 MB decoded (36 MB uint8 + 144 MB
 # float), so keeping the 3 other huge ones (or their drawn copies) would exceed it. An absolute bound failed on
 # a fresh machine (1532 MB against 1500) as torch's own footprint varies.
