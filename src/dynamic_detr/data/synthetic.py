@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..fileio import atomic_write_text
 
 CLASSES = ("circle", "square", "triangle", "star", "ring", "cross")
 SPLITS = {"train": 0, "val": 1}
@@ -219,12 +220,6 @@ def render(seed: int, split: str, index: int,
 
 
 # --------------------------------------------------------------------------- a split, a dataset
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _split_stats(images: list[dict], anns: list[dict]) -> dict[str, Any]:
     n = max(len(anns), 1)
     per_image = np.bincount([a["image_id"] for a in anns], minlength=len(images) + 1)[1:]
@@ -272,7 +267,7 @@ def generate_split(out: Path, split: str, count: int, image_size: int = 320, see
         "annotations": anns,
         "categories": [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(CLASSES)],
     }
-    _atomic_write(out / "annotations" / f"instances_{split}.json", json.dumps(coco, indent=1) + "\n")
+    atomic_write_text(out / "annotations" / f"instances_{split}.json", json.dumps(coco, indent=1) + "\n")
     return _split_stats(images, anns)
 
 

@@ -11,19 +11,16 @@ Two kinds of file:
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write
 
 FORMAT = "dynamic-detr-checkpoint"
 VERSION = 1
@@ -43,7 +40,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     _check_types(state, "state")
     payload = {"format": FORMAT, "version": VERSION,
                **{k: v for k, v in state.items() if k not in ("format", "version")}}
-    _atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -105,7 +102,7 @@ def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], metad
 
     from safetensors.torch import save_file
 
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -162,42 +159,6 @@ def check_compatible(state_dict: Mapping[str, Any], model: torch.nn.Module, sour
 
 
 # --------------------------------------------------------------------------- helpers
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Run `write(tmp)` on a temp file next to `path`, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def remove_stale_temp_files(path: str | Path) -> list[Path]:
-    """Delete the temp files an interrupted `_atomic_write` of `path` left next to it (a process killed
-    mid-write cannot clean up; each leftover is up to a whole checkpoint). Only call this when no other
-    process is writing `path`. Returns the removed files."""
-    path = Path(path)
-    removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed.append(tmp)
-    return removed
-
-
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")

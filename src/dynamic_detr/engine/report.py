@@ -9,9 +9,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ..fileio import atomic_write_text
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -54,7 +56,7 @@ class RunReport:
         writer.writeheader()
         for r in self.rows:
             writer.writerow({k: _fmt(v) for k, v in r.items()})
-        _atomic_write_text(self.csv_path, buf.getvalue())
+        atomic_write_text(self.csv_path, buf.getvalue())
         for k, v in row.items():
             if isinstance(v, int | float) and k not in ("epoch", "step"):
                 self.scalar(f"epoch/{k}", float(v), int(row["epoch"]))
@@ -65,37 +67,12 @@ class RunReport:
 
     def plot_curves(self) -> None:
         """plots/loss.png (every total and final-stage loss term) and plots/ap.png (AP metrics per epoch)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        epochs = [r["epoch"] for r in self.rows]
         loss_keys = [k for k in ("loss", "loss_class", "loss_bbox", "loss_giou") if any(k in r for r in self.rows)]
         if loss_keys:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for k in loss_keys:
-                ax.plot(epochs, [r.get(k, math.nan) for r in self.rows], marker="o", label=k)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("training loss (epoch mean)")
-            ax.set_yscale("log")
-            ax.legend()
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(self.plots / "loss.png", dpi=100)
-            plt.close(fig)
+            _plot_epochs(self.plots / "loss.png", self.rows, loss_keys, "training loss (epoch mean)", log=True)
         ap_rows = [r for r in self.rows if isinstance(r.get("AP"), int | float)]
         if ap_rows:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for k in AP_KEYS:
-                ax.plot([r["epoch"] for r in ap_rows], [r.get(k, math.nan) for r in ap_rows], marker="o", label=k)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("COCO AP (%)")
-            ax.legend()
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            fig.savefig(self.plots / "ap.png", dpi=100)
-            plt.close(fig)
+            _plot_epochs(self.plots / "ap.png", ap_rows, AP_KEYS, "COCO AP (%)", log=False)
 
     def close(self) -> None:
         if self._tb is not None:
@@ -112,17 +89,29 @@ def _num(v: str) -> Any:
     return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
+def _plot_epochs(path: Path, rows: list[dict[str, Any]], keys: Sequence[str], ylabel: str, log: bool) -> None:
+    """One line per key over the rows' epochs, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k in keys:
+        ax.plot([r["epoch"] for r in rows], [r.get(k, math.nan) for r in rows], marker="o", label=k)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -138,4 +127,4 @@ def atomic_write_json(path: Path, data: Any) -> None:
             return [clean(x) for x in v]
         return v
 
-    _atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n")

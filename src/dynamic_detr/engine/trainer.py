@@ -28,14 +28,9 @@ import torch
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, UserError
+from ..fileio import remove_stale_temp_files
 from . import distributed as dist_utils
-from .checkpoint import (
-    check_compatible,
-    load_checkpoint,
-    remove_stale_temp_files,
-    save_checkpoint,
-    save_weights,
-)
+from .checkpoint import check_compatible, load_checkpoint, save_checkpoint, save_weights
 from .inference import autocast, evaluate_model
 from .report import AP_KEYS, RunReport, atomic_write_json
 from .sampler import ResumableSampler, SeededDataset

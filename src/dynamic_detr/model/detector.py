@@ -129,13 +129,14 @@ class DynamicDETR(nn.Module):
         import json
 
         from ..config import Config
-        from ..engine.checkpoint import _atomic_write, save_weights
+        from ..engine.checkpoint import save_weights
+        from ..fileio import atomic_write_text
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         text = json.dumps((self.run_config or Config(model=self.cfg)).to_dict(), indent=1)
         save_weights(path / "model.safetensors", self.state_dict(), {"config": text})
-        _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(path / "config.json", text)
 
     @torch.no_grad()
     def predict(self, images: Any, threshold: float = 0.5, batch_size: int = 8) -> list[dict[str, Any]]:
