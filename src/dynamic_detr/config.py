@@ -69,6 +69,10 @@ class DecoderConfig:
     """Heads of the query self-attention (summary: 4)."""
     roi_size: int = 7
     """RoIAlign output size (paper: 7x7)."""
+    roi_impl: str = "auto"
+    """Kernel of the RoIAlign: "torchvision" (torchvision.ops.roi_align), "bags" (one weighted embedding_bag,
+    model/roi.py: same result; torchvision's CPU backward is single-threaded) or "auto" (bags on CPU,
+    torchvision on CUDA). ONNX export always uses torchvision's (an ONNX RoiAlign node)."""
     dim_dynamic: int = 64
     """Bottleneck of the dynamic 1x1 filters (Sparse R-CNN uses 64)."""
     dim_feedforward: int = 2048
@@ -225,6 +229,8 @@ class Config:
             (self.train.amp in ("none", "bf16", "fp16"), "train.amp must be none|bf16|fp16"),
             (m.encoder.deform_impl in ("auto", "torchvision", "sampled"),
              "model.encoder.deform_impl must be auto|torchvision|sampled"),
+            (m.decoder.roi_impl in ("auto", "torchvision", "bags"),
+             "model.decoder.roi_impl must be auto|torchvision|bags"),
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
             (self.train.accumulate >= 1, "train.accumulate must be >= 1"),
             (len(self.data.train_short_sides) >= 1, "data.train_short_sides must not be empty"),

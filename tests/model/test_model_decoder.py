@@ -72,6 +72,29 @@ def test_multilevel_roi_align_matches_per_box_reference():
         torch.testing.assert_close(pooled[i], ref[0])
 
 
+@pytest.mark.parametrize("h,w", [(200, 260), (97, 131)])  # 97x131: P7 is 1x2
+def test_roi_align_bags_equals_torchvision(h, w):
+    """The embedding_bag kernel (CPU default) gives torchvision's values and feature gradients, for boxes inside,
+    across and beyond the image border, on several levels, and for zero-size boxes."""
+    feats = [f.requires_grad_() for f in features(h, w, 8, batch=3)]
+    g = torch.Generator().manual_seed(2)
+    n = 120
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 1.2, h * 1.2]) - 20
+    wh = torch.exp(torch.rand(n, 1, generator=g) * math.log(2500.0)) * (0.5 + torch.rand(n, 2, generator=g))
+    wh[:3] = 0.0
+    rois = torch.cat([torch.randint(0, 3, (n, 1), generator=g).float(), xy, xy + wh], dim=1)
+    outs, grads = [], []
+    for impl in ("torchvision", "bags"):
+        pooled = MultiLevelRoIAlign(STRIDES, 7, impl=impl)(feats, rois)
+        weight = torch.randn(pooled.shape, generator=torch.Generator().manual_seed(3))
+        outs.append(pooled)
+        grads.append(torch.autograd.grad((pooled * weight).sum(), feats))
+    assert len(set(assign_levels(rois[:, 1:], (3, 4, 5, 6, 7)).tolist())) >= 4
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    for ga, gb in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ga, gb, atol=1e-4, rtol=1e-4)  # float sums in another order
+
+
 def test_box_stays_fixed_when_deltas_are_zero():
     cfg = tiny_cfg(num_stages=3)
     dec = DynamicDecoder(cfg, STRIDES)

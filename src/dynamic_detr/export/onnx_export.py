@@ -76,6 +76,10 @@ def prepare_model(model: DynamicDETR, portable: bool) -> DynamicDETR:
     for m in model.encoder.modules():
         if hasattr(m, "impl"):
             m.impl = impl
+    model.cfg.decoder.roi_impl = "torchvision"  # an ONNX RoiAlign node in both modes
+    for m in model.decoder.modules():
+        if hasattr(m, "impl"):
+            m.impl = "torchvision"
     return model
 
 

@@ -135,7 +135,7 @@ class DynamicDecoder(nn.Module):
         if dc.box_pos == "sine":
             n = box_sine_embedding(torch.zeros(4), d).shape[-1]
             self.box_pos = nn.Sequential(nn.Linear(n, d), nn.ReLU(inplace=True), nn.Linear(d, d))
-        pooler = MultiLevelRoIAlign(strides, dc.roi_size, sampling_ratio=2)
+        pooler = MultiLevelRoIAlign(strides, dc.roi_size, sampling_ratio=2, impl=dc.roi_impl)
         self.stages = nn.ModuleList(DecoderStage(cfg, pooler) for _ in range(dc.num_stages))
         self._reset_parameters(cfg.class_loss, dc.zero_init_deltas)
 
