@@ -1,0 +1,306 @@
+"""The contenders of the benchmarks behind one interface: Dynamic DETR, its ablations, and the peers a user
+would pick instead (Hugging Face DETR and Deformable DETR, torchvision FCOS and RetinaNet).
+
+Every contender is built at a matched size from random weights (nothing can be downloaded here), takes our
+`Batch` (images in [0, 1], padding masks, cxcywh-normalised targets) and returns a loss in training and
+detections in original-image pixels in eval, so that `convergence.py` and `speed.py` train, time and evaluate
+them with the same loop, data and COCO evaluator.
+
+Choices, the same for every contender:
+- Backbone: ResNet of the preset's depth, FPN width = the preset's hidden size, **trainable BatchNorm**: at
+  random init a frozen BN is an identity (PAPER.md: a DETR with frozen BN from scratch learned nothing), so
+  the peers' frozen BNs are swapped for trainable ones, like our `norm="auto"` does.
+- Optimiser: each model's customary one (`SETTINGS`), with the backbone at the same lr as the rest (the usual
+  0.1x backbone lr protects pretrained weights, and there are none), the same linear warm-up, and a x0.1 drop
+  for the last twelfth of the run (the 1x schedule's shape).
+- Inference: no score threshold (torchvision's defaults of 0.05 / 0.2 are set to 0), 100 detections per
+  image, as COCO AP expects.
+- torchvision's detectors resize every input to `min_size`; here the data pipeline has already resized (the
+  same multi-scale recipe for all), so their resize step is an identity.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops import box_convert
+
+from dynamic_detr.config import Config
+from dynamic_detr.data.collate import Batch
+from dynamic_detr.model import DynamicDETR
+from dynamic_detr.model.detector import IMAGENET_MEAN, IMAGENET_STD
+from dynamic_detr.objective.criterion import SetCriterion
+
+OURS = ("dynamic_detr", "no_encoder", "two_stages", "softmax")
+PEERS = ("hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet")
+ALL = OURS + PEERS
+LABELS = {
+    "dynamic_detr": "Dynamic DETR (ours)",
+    "no_encoder": "ours, dynamic encoder off",
+    "two_stages": "ours, 2 decoder stages",
+    "softmax": "ours, softmax class loss",
+    "hf_detr": "DETR (HF transformers)",
+    "hf_deformable_detr": "Deformable DETR (HF transformers)",
+    "tv_fcos": "FCOS (torchvision)",
+    "tv_retinanet": "RetinaNet v2 (torchvision)",
+}
+SETTINGS = {
+    # ours: the preset's own train section (cpu_small: AdamW 4e-4, wd 1e-4, clip 1.0)
+    "hf_detr": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "clip": 0.1},  # DETR repo
+    "hf_deformable_detr": {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 1e-4, "clip": 0.1,
+                           "lr_mult_offsets": 0.1},  # Deformable DETR repo (offsets / reference points x0.1)
+    # torchvision references (detection/README): SGD 0.9, wd 1e-4, 0.01 at batch 16 -> linear to the batch
+    "tv_fcos": {"optimizer": "sgd", "lr_per_16": 0.01, "weight_decay": 1e-4, "clip": 0.0},
+    "tv_retinanet": {"optimizer": "sgd", "lr_per_16": 0.01, "weight_decay": 1e-4, "clip": 0.0},
+}
+
+
+@dataclass
+class Contender:
+    """A model ready to train: `loss(batch)` in train mode, `detect(batch)` in eval mode (per image `boxes`
+    xyxy in original pixels, `scores`, `labels` contiguous 0..C-1), its optimiser and clipping norm."""
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    clip: float
+    loss: Callable[[Batch], Tensor]
+    detect: Callable[[Batch], list[dict[str, Tensor]]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.name]
+
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def build(name: str, cfg: Config, num_classes: int, batch_size: int) -> Contender:
+    """Contender `name` (one of `ALL`) matched to `cfg.model` (depth, hidden size, layers, queries, heads)."""
+    if name in OURS:
+        return _ours(name, cfg, num_classes)
+    return {"hf_detr": _hf_detr, "hf_deformable_detr": _hf_deformable_detr, "tv_fcos": _tv_fcos,
+            "tv_retinanet": _tv_retinanet}[name](cfg, num_classes, batch_size)
+
+
+# ---------------------------------------------------------------- ours
+def ablation_config(name: str, cfg: Config) -> Config:
+    """The preset with one paper ablation applied (PAPER.md results table)."""
+    cfg = copy.deepcopy(cfg)
+    if name == "no_encoder":
+        cfg.model.encoder.enabled = False
+    elif name == "two_stages":
+        cfg.model.decoder.num_stages = 2
+    elif name == "softmax":
+        cfg.model.class_loss = "softmax"
+    return cfg
+
+
+def _ours(name: str, cfg: Config, num_classes: int) -> Contender:
+    cfg = ablation_config(name, cfg)
+    cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names = num_classes, [], []
+    model = DynamicDETR(cfg.model)
+    criterion = SetCriterion(num_classes, cfg.loss, cfg.model.class_loss)
+    t = cfg.train
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.lr}]
+    opt = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+    def loss(batch: Batch) -> Tensor:
+        return criterion(model(batch.images, batch.masks), batch.targets)["loss"]
+
+    def detect(batch: Batch) -> list[dict[str, Tensor]]:
+        return model.postprocess(model(batch.images, batch.masks), _orig_sizes(batch))
+
+    settings = {"optimizer": "adamw", "lr": t.lr, "weight_decay": t.weight_decay, "clip": t.clip_max_norm}
+    return Contender(name, model, opt, t.clip_max_norm, loss, detect, settings)
+
+
+# ---------------------------------------------------------------- Hugging Face DETR / Deformable DETR
+def _hf_backbone_config(depth: int, out_stages: list[int]):
+    from transformers import ResNetConfig
+
+    blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}[depth]
+    basic = depth < 50
+    hidden = [64, 128, 256, 512] if basic else [256, 512, 1024, 2048]
+    return ResNetConfig(depths=blocks, hidden_sizes=hidden, layer_type="basic" if basic else "bottleneck",
+                        out_features=[f"stage{s}" for s in out_stages])
+
+
+def _hf_common(cfg: Config, num_classes: int) -> dict[str, Any]:
+    m = cfg.model
+    return {"use_pretrained_backbone": False, "num_queries": m.decoder.num_queries, "d_model": m.hidden_dim,
+            "encoder_layers": max(1, m.encoder.num_blocks), "decoder_layers": m.decoder.num_stages,
+            "encoder_attention_heads": m.decoder.num_heads, "decoder_attention_heads": m.decoder.num_heads,
+            "encoder_ffn_dim": m.decoder.dim_feedforward, "decoder_ffn_dim": m.decoder.dim_feedforward,
+            "num_labels": num_classes, "auxiliary_loss": True}  # both original repos train with aux losses
+
+
+def thaw_batchnorm(module: nn.Module) -> int:
+    """Replace every frozen BatchNorm (HF's `*FrozenBatchNorm2d`) with a trainable `nn.BatchNorm2d`; returns
+    how many. At random init a frozen BN is an identity and the backbone would have no normalisation."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if type(child).__name__.endswith("FrozenBatchNorm2d"):
+            setattr(module, name, nn.BatchNorm2d(child.weight.shape[0]))
+            count += 1
+        else:
+            count += thaw_batchnorm(child)
+    return count
+
+
+def _hf(model: nn.Module, focal: bool, settings: dict[str, Any]) -> tuple[Callable, Callable, torch.optim.Optimizer]:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def inputs(batch: Batch) -> dict[str, Tensor]:
+        x = ((batch.images - mean.to(batch.images)) / std.to(batch.images)).masked_fill(batch.masks[:, None], 0)
+        return {"pixel_values": x, "pixel_mask": (~batch.masks).long()}
+
+    def loss(batch: Batch) -> Tensor:
+        labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in batch.targets]
+        return model(**inputs(batch), labels=labels).loss
+
+    def detect(batch: Batch) -> list[dict[str, Tensor]]:
+        out = model(**inputs(batch))
+        return detr_postprocess(out.logits, out.pred_boxes, _orig_sizes(batch), focal)
+
+    slow = settings.get("lr_mult_offsets", 1.0)
+    is_slow = [any(k in n for k in ("sampling_offsets", "reference_points")) for n, _ in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    groups = [{"params": [p for p, s in zip(params, is_slow, strict=True) if not s], "lr": settings["lr"]},
+              {"params": [p for p, s in zip(params, is_slow, strict=True) if s], "lr": settings["lr"] * slow}]
+    groups = [g for g in groups if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    return loss, detect, opt
+
+
+def _hf_detr(cfg: Config, num_classes: int, batch_size: int) -> Contender:
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    hf_cfg = DetrConfig(backbone_config=_hf_backbone_config(cfg.model.backbone.depth, [4]),
+                        **_hf_common(cfg, num_classes))
+    model = _quiet(DetrForObjectDetection, hf_cfg)
+    thaw_batchnorm(model)
+    s = dict(SETTINGS["hf_detr"])
+    loss, detect, opt = _hf(model, focal=False, settings=s)
+    return Contender("hf_detr", model, opt, s["clip"], loss, detect, s)
+
+
+def _hf_deformable_detr(cfg: Config, num_classes: int, batch_size: int) -> Contender:
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
+
+    # 4 levels: C3-C5 and one extra from C5 (the Deformable DETR recipe; ours uses 5 FPN levels)
+    hf_cfg = DeformableDetrConfig(backbone_config=_hf_backbone_config(cfg.model.backbone.depth, [2, 3, 4]),
+                                  num_feature_levels=4, **_hf_common(cfg, num_classes))
+    model = _quiet(DeformableDetrForObjectDetection, hf_cfg)
+    thaw_batchnorm(model)
+    s = dict(SETTINGS["hf_deformable_detr"])
+    loss, detect, opt = _hf(model, focal=True, settings=s)
+    return Contender("hf_deformable_detr", model, opt, s["clip"], loss, detect, s)
+
+
+def detr_postprocess(logits: Tensor, boxes: Tensor, orig_sizes: Tensor, focal: bool,
+                     top_k: int = 100) -> list[dict[str, Tensor]]:
+    """DETR (softmax, last class = no-object: best class per query) or Deformable DETR (sigmoid: top-k
+    (query, class) pairs) post-processing; boxes cxcywh normalised -> xyxy in original pixels."""
+    logits, boxes = logits.float(), boxes.float()
+    b, k, c = logits.shape
+    if focal:
+        scores, idx = logits.sigmoid().flatten(1).topk(min(top_k, k * c), dim=1)
+        query, labels = idx // c, idx % c
+    else:
+        scores, labels = logits.softmax(-1)[..., :-1].max(-1)
+        scores, query = scores.topk(min(top_k, k), dim=1)
+        labels = labels.gather(1, query)
+    boxes = box_convert(boxes.gather(1, query[..., None].expand(-1, -1, 4)), "cxcywh", "xyxy")
+    scale = orig_sizes.float().flip(-1).repeat(1, 2)[:, None, :]
+    boxes = (boxes * scale).clamp(min=0)
+    boxes = torch.minimum(boxes, scale)
+    return [{"boxes": boxes[i], "scores": scores[i], "labels": labels[i]} for i in range(b)]
+
+
+# ---------------------------------------------------------------- torchvision FCOS / RetinaNet
+def tv_backbone(depth: int, channels: int) -> nn.Module:
+    """torchvision ResNet (trainable BN) + FPN on C3-C5 with P6/P7 from P5: the same pyramid as ours."""
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    trunk = torchvision.models.get_model(f"resnet{depth}", weights=None)
+    c5 = trunk.fc.in_features
+    return BackboneWithFPN(trunk, OrderedDict(layer2="0", layer3="1", layer4="2"), [c5 // 4, c5 // 2, c5],
+                           channels, extra_blocks=LastLevelP6P7(channels, channels))
+
+
+def _tv(model: nn.Module, settings: dict[str, Any], batch_size: int) -> tuple[Callable, Callable, Any]:
+    model.transform.resize = lambda image, target=None: (image, target)  # the data pipeline resized already
+
+    def crops(batch: Batch) -> list[Tensor]:
+        return [batch.images[i, :, : int(t["size"][0]), : int(t["size"][1])] for i, t in enumerate(batch.targets)]
+
+    def loss(batch: Batch) -> Tensor:
+        targets = []
+        for t in batch.targets:
+            h, w = (int(v) for v in t["size"])
+            xyxy = box_convert(t["boxes"], "cxcywh", "xyxy") * t["boxes"].new_tensor([w, h, w, h])
+            targets.append({"boxes": xyxy, "labels": t["labels"] + 1})  # 0 is background in torchvision
+        return sum(model(crops(batch), targets).values())
+
+    def detect(batch: Batch) -> list[dict[str, Tensor]]:
+        out = []
+        for r, t in zip(model(crops(batch)), batch.targets, strict=True):
+            scale = (t["orig_size"].float() / t["size"].float()).flip(-1).repeat(2).to(r["boxes"])
+            out.append({"boxes": r["boxes"] * scale, "scores": r["scores"], "labels": r["labels"] - 1})
+        return out
+
+    lr = settings["lr_per_16"] * batch_size / 16
+    settings["lr"] = lr
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=settings["weight_decay"])
+    return loss, detect, opt
+
+
+def _tv_fcos(cfg: Config, num_classes: int, batch_size: int) -> Contender:
+    from torchvision.models.detection import FCOS
+
+    model = FCOS(tv_backbone(cfg.model.backbone.depth, cfg.model.hidden_dim), num_classes + 1,
+                 score_thresh=0.0, detections_per_img=100)
+    s = dict(SETTINGS["tv_fcos"])
+    loss, detect, opt = _tv(model, s, batch_size)
+    return Contender("tv_fcos", model, opt, s["clip"], loss, detect, s)
+
+
+def _tv_retinanet(cfg: Config, num_classes: int, batch_size: int) -> Contender:
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.retinanet import RetinaNetHead, _default_anchorgen
+
+    # v2 recipe (retinanet_resnet50_fpn_v2): GroupNorm head, GIoU box loss; default anchors (32-512 px)
+    anchors = _default_anchorgen()
+    channels = cfg.model.hidden_dim
+    head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes + 1,
+                         norm_layer=functools.partial(nn.GroupNorm, 32))
+    head.regression_head._loss_type = "giou"
+    model = RetinaNet(tv_backbone(cfg.model.backbone.depth, channels), num_classes + 1, anchor_generator=anchors,
+                      head=head, score_thresh=0.0, detections_per_img=100)
+    s = dict(SETTINGS["tv_retinanet"])
+    loss, detect, opt = _tv(model, s, batch_size)
+    return Contender("tv_retinanet", model, opt, s["clip"], loss, detect, s)
+
+
+# ---------------------------------------------------------------- helpers
+def _orig_sizes(batch: Batch) -> Tensor:
+    return torch.stack([t["orig_size"] for t in batch.targets]).to(batch.images.device)
+
+
+def _quiet(cls, hf_cfg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(hf_cfg)
