@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime
-import json
 import platform
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -109,11 +109,16 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def write_json(path: Path, data: Any) -> None:
-    from dynamic_detr.fileio import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True) + "\n")
+def median_seconds(fn, device: torch.device, warmup: int, reps: int) -> float:
+    """Median wall time of `fn()` over `reps` runs after `warmup` untimed ones, synchronised on CUDA."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = now(device)
+        fn()
+        times.append(now(device) - t0)
+    return statistics.median(times)
 
 
 def fmt(v: Any, digits: int = 1) -> str:

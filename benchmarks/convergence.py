@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import peers
 from dynamic_detr.engine.evaluate import AP_NAMES, CocoEvaluator, to_coco_detections
+from dynamic_detr.engine.report import atomic_write_json
 from dynamic_detr.engine.schedule import WarmupStepSchedule
 
 
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         report["results"][name] = train_one(name, cfg, data, args, device)
         report["results"][name]["wall_minutes"] = (time.perf_counter() - t0) / 60
         report["machine"] = common.machine(device)
-        common.write_json(out_json, report)
+        atomic_write_json(out_json, report)
     md = markdown(report)
     (args.out / "convergence.md").write_text(md)
     plots = plot(report, args.out)

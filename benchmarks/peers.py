@@ -37,7 +37,7 @@ from torchvision.ops import box_convert
 from dynamic_detr.config import Config
 from dynamic_detr.data.collate import Batch
 from dynamic_detr.model import DynamicDETR
-from dynamic_detr.model.detector import IMAGENET_MEAN, IMAGENET_STD
+from dynamic_detr.model.detector import IMAGENET_MEAN, IMAGENET_STD, top_k_detections
 from dynamic_detr.objective.criterion import SetCriterion
 
 OURS = ("dynamic_detr", "no_encoder", "two_stages", "softmax")
@@ -211,22 +211,10 @@ def _hf_deformable_detr(cfg: Config, num_classes: int, batch_size: int) -> Conte
 
 def detr_postprocess(logits: Tensor, boxes: Tensor, orig_sizes: Tensor, focal: bool,
                      top_k: int = 100) -> list[dict[str, Tensor]]:
-    """DETR (softmax, last class = no-object: best class per query) or Deformable DETR (sigmoid: top-k
-    (query, class) pairs) post-processing; boxes cxcywh normalised -> xyxy in original pixels."""
-    logits, boxes = logits.float(), boxes.float()
-    b, k, c = logits.shape
-    if focal:
-        scores, idx = logits.sigmoid().flatten(1).topk(min(top_k, k * c), dim=1)
-        query, labels = idx // c, idx % c
-    else:
-        scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-        scores, query = scores.topk(min(top_k, k), dim=1)
-        labels = labels.gather(1, query)
-    boxes = box_convert(boxes.gather(1, query[..., None].expand(-1, -1, 4)), "cxcywh", "xyxy")
-    scale = orig_sizes.float().flip(-1).repeat(1, 2)[:, None, :]
-    boxes = (boxes * scale).clamp(min=0)
-    boxes = torch.minimum(boxes, scale)
-    return [{"boxes": boxes[i], "scores": scores[i], "labels": labels[i]} for i in range(b)]
+    """DETR (softmax) or Deformable DETR (sigmoid) outputs -> per-image detections, by our own post-processing
+    (`top_k_detections`): the same rule for every set-prediction contender."""
+    xyxy, scores, labels = top_k_detections(logits, boxes, orig_sizes, focal, top_k)
+    return [{"boxes": xyxy[i], "scores": scores[i], "labels": labels[i]} for i in range(len(xyxy))]
 
 
 # ---------------------------------------------------------------- torchvision FCOS / RetinaNet

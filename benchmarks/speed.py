@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import peers
+from dynamic_detr.engine.report import atomic_write_json
 from dynamic_detr.model.info import flop_counter
 
 
@@ -46,17 +47,6 @@ def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
         a @ b
         times.append(common.now(device) - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
-
-
-def median_seconds(fn, device: torch.device, warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = common.now(device)
-        fn()
-        times.append(common.now(device) - t0)
-    return statistics.median(times)
 
 
 def fixed_batch(cfg, data: Path, batch_size: int, device: torch.device):
@@ -97,12 +87,12 @@ def measure(preset: str, name: str, args) -> dict[str, Any]:
         with torch.no_grad():
             c.detect(b)
 
-    train_s = median_seconds(train_step, device, args.warmup, args.reps)
+    train_s = common.median_seconds(train_step, device, args.warmup, args.reps)
     with flop_counter() as counter:
         train_step()
     train_flops = counter.get_total_flops()
-    lat_s = median_seconds(lambda: infer(one), device, args.warmup, args.reps * 2)
-    thr_s = median_seconds(lambda: infer(batch), device, args.warmup, args.reps)
+    lat_s = common.median_seconds(lambda: infer(one), device, args.warmup, args.reps * 2)
+    thr_s = common.median_seconds(lambda: infer(batch), device, args.warmup, args.reps)
     # grad mode: FlopCounterMode's module tracker fails on views made under no_grad, and nn.MultiheadAttention's
     # fused eval path (no_grad only) is invisible to it (model/info.py does the same)
     c.model.eval()
@@ -197,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
               "setup": {"batch": args.batch, "warmup": args.warmup, "reps": args.reps, "presets": args.presets,
                         "image_size": args.image_size}, "results": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    common.write_json(args.out / "speed.json", report)
+    atomic_write_json(args.out / "speed.json", report)
     md = (f"{report['machine']['cpu']}, {report['machine']['threads']} threads, {device}; fp32 matmul "
           f"{peak:.0f} GFLOP/s; torch {report['machine']['torch']}; {report['machine']['date']}.\n\n"
           f"{table(rows, peak)}\n\nRatios, ours over each peer (>1: ours better):\n\n{ratio_table(rows)}\n")

@@ -4,24 +4,20 @@ so the script cannot rot; the peers' adapters keep to the shared contract."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from bench_helpers import BENCH, run_bench
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
-import peers  # noqa: E402
+import peers
 
 
 @pytest.mark.slow
 def test_convergence_quick(tmp_path):
     out = tmp_path / "res"
-    proc = subprocess.run([sys.executable, str(BENCH / "convergence.py"), "--quick", "--out", str(out), "--work",
-                           str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench("convergence.py", "--quick", "--out", str(out), "--work", str(tmp_path / "work"))
     report = json.loads((out / "convergence.json").read_text())
     assert list(report["results"]) == list(peers.ALL)
     for name, r in report["results"].items():
@@ -35,9 +31,9 @@ def test_convergence_quick(tmp_path):
     assert (out / "convergence_ap_epochs.png").stat().st_size > 1000
     assert (out / "convergence_ap_minutes.png").stat().st_size > 1000
     # a second run with the same setup reuses the finished contenders instead of training them again
-    again = subprocess.run([sys.executable, str(BENCH / "convergence.py"), "--quick", "--only", "tv_fcos", "--out",
-                            str(out), "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "already in" in again.stdout
+    again = run_bench("convergence.py", "--quick", "--only", "tv_fcos", "--out", str(out), "--work",
+                      str(tmp_path / "work"), timeout=300)
+    assert "already in" in again.stdout
 
 
 def test_detr_postprocess_scales_to_original_pixels():

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "export_latency.py"
+from bench_helpers import run_bench
 
 
 def test_export_latency_quick(tmp_path):
     out = tmp_path / "res.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_bench("export_latency.py", "--quick", "--out", str(out), timeout=300)
     res = json.loads(out.read_text())
     runtimes = [r["runtime"] for r in res["results"]]
     assert runtimes == ["pytorch eager", "onnxruntime native (DeformConv)", "onnxruntime portable (GridSample)"]

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from bench_helpers import run_bench
 
 
 @pytest.mark.slow
 def test_speed_quick(tmp_path):
     out = tmp_path / "res"
-    proc = subprocess.run([sys.executable, str(BENCH / "speed.py"), "--quick", "--out", str(out), "--work",
-                           str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench("speed.py", "--quick", "--out", str(out), "--work", str(tmp_path / "work"))
     report = json.loads((out / "speed.json").read_text())
     assert report["matmul_gflops"] > 0
     names = [r["name"] for r in report["results"]]

@@ -95,21 +95,8 @@ class DynamicDETR(nn.Module):
                             top_k: int = 100) -> tuple[Tensor, Tensor, Tensor]:
         """`postprocess` as batched tensors (boxes [B, k, 4], scores [B, k], labels [B, k]), with no loop over
         the batch, so that an ONNX export keeps the batch dimension free."""
-        logits, boxes = outputs["logits"].float(), outputs["boxes"].float()
-        b, k, c = logits.shape
-        if self.cfg.class_loss == "focal":
-            prob = logits.sigmoid().flatten(1)  # [B, K*C]
-            scores, idx = prob.topk(min(top_k, k * c), dim=1)
-            query, labels = idx // c, idx % c
-        else:
-            scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # [B, K]
-            scores, query = scores.topk(min(top_k, k), dim=1)
-            labels = labels.gather(1, query)
-        boxes = boxes.gather(1, query[..., None].expand(-1, -1, 4))
-        sizes = torch.as_tensor(orig_sizes, device=boxes.device).float().reshape(b, 2)
-        scale = sizes.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] (w, h, w, h)
-        xyxy = box_convert(boxes, "cxcywh", "xyxy") * scale
-        xyxy = torch.minimum(xyxy.clamp(min=0), scale)
+        xyxy, scores, labels = top_k_detections(outputs["logits"], outputs["boxes"], orig_sizes,
+                                                focal=self.cfg.class_loss == "focal", top_k=top_k)
         if self.category_ids.numel():
             labels = self.category_ids.to(labels.device)[labels]
         return xyxy, scores, labels
@@ -190,3 +177,29 @@ def _as_image_tensor(image: Any) -> Tensor:
             raise UserError(f"tensor image must be [3, H, W], got {list(image.shape)}")
         return image.cpu()
     raise UserError(f"cannot read an image from a {type(image).__name__} (PIL image, numpy array, tensor or path)")
+
+
+def top_k_detections(logits: Tensor, boxes: Tensor, orig_sizes: Tensor, focal: bool,
+                     top_k: int = 100) -> tuple[Tensor, Tensor, Tensor]:
+    """Set-prediction post-processing, batched and traceable (no loop over the batch).
+
+    logits: [B, K, C'] (focal: C' = C; softmax: last class = no-object); boxes: [B, K, 4] cxcywh normalised;
+    orig_sizes: [B, 2] (h, w). Focal: the top-k (query, class) pairs of sigmoid scores (Deformable DETR);
+    softmax: each query's best non-background class, top-k queries (DETR). Returns boxes [B, k, 4] xyxy in
+    original pixels clamped to the image, scores [B, k], contiguous labels [B, k].
+    """
+    logits, boxes = logits.float(), boxes.float()
+    b, k, c = logits.shape
+    if focal:
+        prob = logits.sigmoid().flatten(1)  # [B, K*C]
+        scores, idx = prob.topk(min(top_k, k * c), dim=1)
+        query, labels = idx // c, idx % c
+    else:
+        scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # [B, K]
+        scores, query = scores.topk(min(top_k, k), dim=1)
+        labels = labels.gather(1, query)
+    boxes = boxes.gather(1, query[..., None].expand(-1, -1, 4))
+    sizes = torch.as_tensor(orig_sizes, device=boxes.device).float().reshape(b, 2)
+    scale = sizes.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] (w, h, w, h)
+    xyxy = box_convert(boxes, "cxcywh", "xyxy") * scale
+    return torch.minimum(xyxy.clamp(min=0), scale), scores, labels
