@@ -1,7 +1,9 @@
 """Convergence: COCO AP after equal epochs and after equal minutes, Dynamic DETR vs its ablations vs peers.
 
 The paper's claims in miniature (PAPER.md): at equal epochs Dynamic DETR is far ahead of DETR and ahead of
-Deformable DETR, most of all on small objects; the dynamic encoder and the 6 decoder stages are worth AP.
+Deformable DETR, most of all on small objects; the dynamic encoder and the 6 decoder stages are worth AP. And
+the convergence recipe one step at a time (peers.LADDER, config.RECIPE): the paper's model at the preset's
+size, + start-up fixes, + dense head, + query selection, + one-to-many, + denoising, + IoU-aware (= the preset).
 Every contender (benchmarks/peers.py) is trained one after the other by the same loop on the same data,
 image sizes, batch size, epochs and seed, from random weights, and evaluated by the same COCO evaluator
 after every epoch. One run gives both budgets: a contender trains until it has done `--epochs` epochs AND
@@ -187,7 +189,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
         for name, r in report["results"].items():
             pts = sorted([*r["history"], *([r["at_minutes"]] if r.get("at_minutes") else [])],
                          key=lambda h: h[x_key])
-            style = "-" if name == "dynamic_detr" else ("--" if name in peers.OURS else ":")
+            style = "-" if name in peers.LADDER else ("--" if name in peers.OURS else ":")
             ax.plot([p[x_key] for p in pts], [p["AP"] for p in pts], style, marker="o", ms=3, label=r["label"],
                     lw=2.2 if name == "dynamic_detr" else 1.4)
         if x_key == "minutes" and report["setup"]["minutes"] > 0:
@@ -246,13 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         data_desc = f"synthetic {args.synth[0]} train / {args.synth[1]} val, {args.image_size or 320} px"
     else:
         data, data_desc = args.data, str(args.data)
+    import hashlib
+    import json
+
+    # the resolved config's digest: results of an earlier definition of the preset are never reused
+    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     setup = {"data": data_desc, "preset": args.preset, "overrides": overrides, "epochs": args.epochs,
-             "minutes": args.minutes, "batch_size": args.batch_size, "seed": args.seed}
+             "minutes": args.minutes, "batch_size": args.batch_size, "seed": args.seed, "config": digest}
     out_json = args.out / "convergence.json"
     report = {"setup": setup, "machine": common.machine(device), "results": {}}
     if out_json.exists() and not args.fresh:
-        import json
-
         old = json.loads(out_json.read_text())
         if old.get("setup") == setup:
             report["results"] = old["results"]

@@ -34,20 +34,38 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from dynamic_detr.config import Config
+from dynamic_detr.config import RECIPE, Config, apply_overrides, recipe_rung
 from dynamic_detr.data.collate import Batch
+from dynamic_detr.engine.inference import autocast
+from dynamic_detr.engine.trainer import float32_outputs, param_groups
 from dynamic_detr.model import DynamicDETR
 from dynamic_detr.model.detector import IMAGENET_MEAN, IMAGENET_STD, top_k_detections
 from dynamic_detr.objective.criterion import SetCriterion
 
-OURS = ("dynamic_detr", "no_encoder", "two_stages", "softmax")
+LADDER = ("faithful", *(name for name, _ in RECIPE[:-1]), "dynamic_detr")
+"""The convergence recipe one step at a time (config.RECIPE): the paper's model at the preset's size, then
+each step added to the previous rung; the last rung, `dynamic_detr`, is the preset itself."""
+RUNG_FALLBACK = {"one_to_many": ["model.decoder.num_hybrid_queries=25", "loss.hybrid_k=2"],
+                 "denoising": ["model.decoder.dn_queries=20"]}
+"""A ladder step that the preset leaves off (cpu_small: one-to-many and denoising cost AP at the demo's
+budget, docs/recipe.md) is measured with these settings on top of the previous rung, so that its row shows
+what it does; the last rung is the preset itself."""
+ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax")
+OURS = LADDER + ABLATIONS
 PEERS = ("hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet")
 ALL = OURS + PEERS
 LABELS = {
-    "dynamic_detr": "Dynamic DETR (ours)",
-    "no_encoder": "ours, dynamic encoder off",
-    "two_stages": "ours, 2 decoder stages",
-    "softmax": "ours, softmax class loss",
+    "faithful": "ours, the paper's model",
+    "fixes": "+ start-up fixes",
+    "dense_head": "+ dense auxiliary head",
+    "query_selection": "+ query selection",
+    "one_to_many": "+ one-to-many (hybrid)",
+    "denoising": "+ denoising queries",
+    "dynamic_detr": "Dynamic DETR (ours: + IoU-aware = the preset)",
+    "no_encoder": "ours (preset), dynamic encoder off",
+    "faithful_no_encoder": "the paper's model, dynamic encoder off",
+    "two_stages": "the paper's model, 2 decoder stages",
+    "softmax": "the paper's model, softmax class loss",
     "hf_detr": "DETR (HF transformers)",
     "hf_deformable_detr": "Deformable DETR (HF transformers)",
     "tv_fcos": "FCOS (torchvision)",
@@ -95,9 +113,15 @@ def build(name: str, cfg: Config, num_classes: int, batch_size: int) -> Contende
 
 # ---------------------------------------------------------------- ours
 def ablation_config(name: str, cfg: Config) -> Config:
-    """The preset with one paper ablation applied (PAPER.md results table)."""
-    cfg = copy.deepcopy(cfg)
-    if name == "no_encoder":
+    """A rung of the recipe ladder (`LADDER`), or the preset / the paper's model with one ablation of the
+    paper's results table applied (`ABLATIONS`)."""
+    if name in LADDER:
+        rung = recipe_rung(cfg, LADDER.index(name))
+        if name in RUNG_FALLBACK and rung == recipe_rung(cfg, LADDER.index(name) - 1):  # the preset has it off
+            rung = apply_overrides(rung, RUNG_FALLBACK[name])
+        return rung
+    cfg = copy.deepcopy(cfg) if name == "no_encoder" else recipe_rung(cfg, 0)
+    if name in ("no_encoder", "faithful_no_encoder"):
         cfg.model.encoder.enabled = False
     elif name == "two_stages":
         cfg.model.decoder.num_stages = 2
@@ -110,18 +134,22 @@ def _ours(name: str, cfg: Config, num_classes: int) -> Contender:
     cfg = ablation_config(name, cfg)
     cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names = num_classes, [], []
     model = DynamicDETR(cfg.model)
-    criterion = SetCriterion(num_classes, cfg.loss, cfg.model.class_loss)
+    criterion = SetCriterion(num_classes, cfg.loss, cfg.model.class_loss, cfg.model.dense.center_radius)
     t = cfg.train
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.lr}]
-    opt = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, t), lr=t.lr, weight_decay=t.weight_decay)
 
     def loss(batch: Batch) -> Tensor:
-        return criterion(model(batch.images, batch.masks), batch.targets)["loss"]
+        with autocast(batch.images.device, t.amp):
+            outputs = model(batch.images, batch.masks, batch.targets)
+        return criterion(float32_outputs(outputs), batch.targets)["loss"]
 
     def detect(batch: Batch) -> list[dict[str, Tensor]]:
-        return model.postprocess(model(batch.images, batch.masks), _orig_sizes(batch))
+        with autocast(batch.images.device, t.amp):
+            outputs = model(batch.images, batch.masks)
+        return model.postprocess(float32_outputs(outputs), _orig_sizes(batch))
 
-    settings = {"optimizer": "adamw", "lr": t.lr, "weight_decay": t.weight_decay, "clip": t.clip_max_norm}
+    settings = {"optimizer": "adamw", "lr": t.lr, "weight_decay": t.weight_decay, "clip": t.clip_max_norm,
+                "amp": t.amp}
     return Contender(name, model, opt, t.clip_max_norm, loss, detect, settings)
 
 

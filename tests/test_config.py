@@ -69,3 +69,49 @@ def test_unknown_preset():
 
 def test_default_config_validates():
     Config().validate()
+
+
+def test_paper_preset_has_no_beyond_paper_switch():
+    """paper_r50 is the paper: every field of the convergence recipe at its default (off)."""
+    from dynamic_detr.config import RECIPE, recipe_rung
+
+    paper = get_preset("paper_r50")
+    assert recipe_rung(paper, 0) == paper
+    m = paper.model
+    assert not m.dense.enabled and m.decoder.query_selection == "none" and not m.encoder.residual
+    assert m.decoder.num_hybrid_queries == 0 and m.decoder.dn_queries == 0 and not paper.loss.iou_aware
+    assert paper.train.lr_offset_mult == 1.0 and m.decoder.roi_canonical_size == 224
+    # the recipe preset differs from the paper's in recipe fields only, and in every step of the recipe
+    recipe = get_preset("recipe_r50")
+    assert recipe_rung(recipe, 0).to_dict() | {"name": "paper_r50"} == paper.to_dict()
+    for steps in range(len(RECIPE)):
+        assert recipe_rung(recipe, steps) != recipe_rung(recipe, steps + 1), RECIPE[steps][0]
+
+
+def test_recipe_rung_keeps_earlier_steps_only():
+    from dynamic_detr.config import recipe_rung
+
+    cfg = get_preset("recipe_r50")
+    two = recipe_rung(cfg, 2)  # fixes + dense head
+    assert two.model.encoder.residual and two.model.dense.enabled
+    assert two.model.decoder.query_selection == "none" and two.model.decoder.dn_queries == 0
+    assert two.model.decoder.num_hybrid_queries == 0 and not two.loss.iou_aware
+    assert two.model.backbone == cfg.model.backbone and two.data == cfg.data
+
+
+@pytest.mark.parametrize("override, field", [("train.eval_every=0", "eval_every"),
+                                             ("train.max_nonfinite_steps=0", "max_nonfinite_steps"),
+                                             ("train.epochs=0", "epochs")])
+def test_budget_fields_validated_up_front(override, field):
+    with pytest.raises(ConfigError, match=rf"train\.{field} must be >= 1"):
+        apply_overrides(get_preset("cpu_tiny"), [override])
+
+
+def test_predict_batch_size_must_be_positive(capsys, tmp_path):
+    from dynamic_detr.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(tmp_path), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--batch-size", "0"])
+    assert e.value.code == 2
+    assert "--batch-size: must be at least 1, got 0" in capsys.readouterr().err

@@ -88,3 +88,17 @@ def test_help_for_every_command(capsys):
             main([cmd, "--help"])
         assert e.value.code == 0
     assert "--checkpoint" in capsys.readouterr().out
+
+
+def test_demo_end_to_end_on_given_data(trained, tmp_path, capsys):
+    """The README's main job, on a tiny dataset and budget: trains, evaluates once at the end, draws."""
+    data, _ = trained
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(data), "--out", str(out), "--preset", "cpu_tiny", "--minutes", "0.3",
+                 *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "using the dataset in" in printed and "AP" in printed
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["AP"] <= 100
+    assert "eval_every: 1000" in (out / "run" / "config.yaml").read_text()
+    assert len(list((out / "predictions").glob("*.png"))) == 3  # every val image drawn (12 at most)

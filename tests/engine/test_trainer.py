@@ -10,6 +10,7 @@ import pytest
 import torch
 from engine_helpers import make_easy_dataset, tiny_config
 
+from dynamic_detr.config import apply_overrides
 from dynamic_detr.engine.checkpoint import load_checkpoint
 from dynamic_detr.engine.trainer import Trainer
 
@@ -23,7 +24,7 @@ def _weights(run):
     return load_checkpoint(run / "last.pt")["model"]
 
 
-def _overfit(tmp_path, amp: str) -> dict:
+def _overfit(tmp_path, amp: str, overrides: tuple[str, ...] = ()) -> dict:
     """4 images listed 16 times per epoch, 12 epochs of batch 4 (192 steps): the final val (= train) metrics."""
     data = make_easy_dataset(tmp_path / "d", {"train": 4})
     ann = tmp_path / "d" / "annotations"
@@ -36,6 +37,7 @@ def _overfit(tmp_path, amp: str) -> dict:
     (ann / "instances_train.json").write_text(json.dumps({**coco, "images": images, "annotations": anns}))
     cfg = tiny_config(batch_size=4, lr=6e-4, lr_backbone=6e-4, lr_drop_epochs=[10], eval_every=1000,
                       clip_max_norm=1.0, amp=amp)
+    cfg = apply_overrides(cfg, list(overrides))
     cfg.data.hflip_prob = 0.0
     result = Trainer(cfg, data, tmp_path / "run", epochs=12, progress=False).fit()
     assert result.status == "finished"
@@ -52,6 +54,19 @@ def test_overfit_reaches_high_ap(fp32_overfit):
     """A few images, a few hundred steps: the detector must fit its training set (AP near 100)."""
     assert fp32_overfit["AP50"] > 95, fp32_overfit
     assert fp32_overfit["AP"] > 80, fp32_overfit
+
+
+RECIPE_SWITCHES = ("model.encoder.residual=true", "train.lr_offset_mult=0.1", "model.dense.enabled=true",
+                   "model.decoder.query_selection=boxes", "model.decoder.num_hybrid_queries=10",
+                   "loss.hybrid_k=2", "model.decoder.dn_queries=8", "loss.iou_aware=true")
+
+
+@pytest.mark.slow
+def test_recipe_overfits(tmp_path):
+    """Every switch of the convergence recipe on at once: the detector still fits its training set."""
+    metrics = _overfit(tmp_path, "none", RECIPE_SWITCHES)
+    assert metrics["AP50"] > 95, metrics
+    assert metrics["AP"] > 80, metrics
 
 
 @pytest.mark.slow
@@ -168,3 +183,24 @@ def test_resume_without_checkpoint_starts_fresh_only_under_torchrun(easy, tmp_pa
     trainer.fit()
     again = Trainer(tiny_config(batch_size=4), easy, tmp_path / "b", epochs=2, resume=True, progress=False)
     assert again.resumed and again.state["epoch"] == 1
+
+
+def test_param_groups_split_offsets_and_dynamic_filters():
+    from dynamic_detr.engine.trainer import param_groups
+    from dynamic_detr.model import DynamicDETR
+
+    cfg = tiny_config(lr=1e-3, lr_backbone=1e-4, lr_offset_mult=0.1, lr_dynamic_mult=0.5)
+    cfg.model.num_classes = 2
+    model = DynamicDETR(cfg.model)
+    groups = param_groups(model, cfg.train)
+    assert [g["name"] for g in groups] == ["rest", "backbone", "offsets", "dynamic"]
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4, 1e-4, 5e-4]
+    names = {id(p): n for n, p in model.named_parameters()}
+    by = {g["name"]: [names[id(p)] for p in g["params"]] for g in groups}
+    assert by["offsets"] and all(".offset." in n and n.startswith("encoder.") for n in by["offsets"])
+    assert by["dynamic"] and all("dynamic_layer" in n for n in by["dynamic"])
+    assert all(n.startswith("backbone.body.") for n in by["backbone"])
+    assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters() if p.requires_grad])
+    # multipliers of 1: no extra groups (checkpoints of earlier runs keep their two groups)
+    plain = param_groups(model, tiny_config().train)
+    assert [g["name"] for g in plain] == ["rest", "backbone"]

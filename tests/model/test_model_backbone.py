@@ -148,3 +148,17 @@ def test_uncached_enum_without_network_names_the_cache_file(tmp_path, monkeypatc
     with pytest.raises(CheckpointError, match=Path(R18_URL).name) as info:
         Backbone(BackboneConfig(depth=18, weights="DEFAULT"), hidden_dim=32)
     assert "\n" not in str(info.value)
+
+
+def test_group_norm_trunk_takes_imagenet_affines_and_drops_bn_statistics(tmp_path):
+    state = reference_state()
+    path = tmp_path / "r18.pth"
+    torch.save(state, path)
+    bb = Backbone(BackboneConfig(depth=18, weights=str(path), norm="gn", frozen_stages=-1), hidden_dim=32)
+    assert bb.norm == "gn"
+    norms = [m for m in bb.body.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and not any(isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d) for m in bb.body.modules())
+    assert torch.equal(bb.body.layer4[0].bn1.weight, state["layer4.0.bn1.weight"])
+    # batch-size independent: an image's features are the same alone and in a batch
+    x = torch.rand(3, 3, 64, 64)
+    torch.testing.assert_close(bb.train()(x[:1])[0], bb(x)[0][:1], rtol=1e-4, atol=1e-5)

@@ -135,3 +135,16 @@ def test_coarser_neighbour_samples_where_level_i_attends(variant, ok, monkeypatc
         monkeypatch.setattr(enc, "offsets_for", variant)
     block = enc.DynamicEncoderBlock(C, 2, EncoderConfig(gn_groups=4))
     assert aligned(coarse_gradient(block)) is ok
+
+
+def test_residual_block_starts_as_identity_and_learns_its_gate():
+    torch.manual_seed(0)
+    block = enc.DynamicEncoderBlock(C, 5, EncoderConfig(gn_groups=4, residual=True))
+    feats = pyramid(64, 64)
+    out = block(feats)
+    for o, f in zip(out, feats, strict=True):
+        assert torch.equal(o, f)  # g = 0: the block is the identity at init
+    sum(o.square().sum() for o in out).backward()
+    assert block.gate.grad is not None and block.gate.grad.abs() > 0
+    plain = enc.DynamicEncoderBlock(C, 5, EncoderConfig(gn_groups=4))
+    assert plain.gate is None and not torch.equal(plain(feats)[0], feats[0])

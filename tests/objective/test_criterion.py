@@ -174,3 +174,65 @@ def test_rejects_bad_labels_and_logit_width() -> None:
         crit(out, [_target([TBOXES[0]], [2])])
     with pytest.raises(ValueError, match="expects logits"):
         SetCriterion(2, LossConfig(), "softmax")(out, [_target([TBOXES[0]], [1])])
+
+
+# --------------------------------------------------------------------------- beyond-paper branches
+def test_hybrid_branch_matches_each_target_k_times() -> None:
+    crit = SetCriterion(3, LossConfig(hybrid_k=3), "focal")
+    seen = []
+    original = crit.matcher.__call__
+
+    def spy(logits, boxes, targets):
+        seen.append([len(t["labels"]) for t in targets])
+        return original(logits, boxes, targets)
+
+    crit.matcher = spy  # type: ignore[assignment]
+    main = [(torch.zeros(1, 4, 3), torch.rand(1, 4, 4) * 0.5 + 0.25)]
+    hybrid = [{"logits": torch.zeros(1, 8, 3), "boxes": torch.rand(1, 8, 4) * 0.5 + 0.25}]
+    out = _outputs(main)
+    out["hybrid_stages"] = hybrid
+    losses = crit(out, [_target(TBOXES, [0, 2])])
+    assert seen == [[2], [6]]  # main: 2 targets; hybrid: each repeated 3 times
+    assert losses["loss_hybrid"] > 0
+    alone = crit(_outputs(main), [_target(TBOXES, [0, 2])])
+    torch.testing.assert_close(losses["loss"] - alone["loss"], losses["loss_hybrid"])
+
+
+def test_denoising_queries_use_their_fixed_targets() -> None:
+    crit = SetCriterion(3, LossConfig(), "focal")
+    t = _target(TBOXES, [0, 2])
+    dn_boxes = torch.tensor([[TBOXES[0], TBOXES[1], [0.5, 0.5, 0.1, 0.1], TBOXES[0], TBOXES[1], [0.5, 0.5, 0.1, 0.1]]])
+    dn = {"target": torch.tensor([[0, 1, -1, 0, 1, -1]]), "groups": 2, "group_size": 3}
+    out = _outputs([(torch.zeros(1, 4, 3), torch.rand(1, 4, 4) * 0.5 + 0.25)])
+    out["dn"] = dn
+    out["dn_stages"] = [{"logits": torch.zeros(1, 6, 3), "boxes": dn_boxes}]
+    perfect = crit(out, [t])
+    swapped = crit({**out, "dn_stages": [{"logits": torch.zeros(1, 6, 3),
+                                          "boxes": dn_boxes[:, [1, 0, 2, 4, 3, 5]]}]}, [t])
+    # perfect boxes leave only the class term; swapped boxes (a Hungarian matcher would undo the swap) do not
+    w = LossConfig()
+    class_only = w.loss_class * crit.loss_class(torch.zeros(1, 6, 3), [t, t][:1],
+                                                [(torch.tensor([0, 1, 3, 4]), torch.tensor([0, 1, 0, 1]))],
+                                                torch.tensor(4.0))
+    torch.testing.assert_close(perfect["loss_dn"], class_only)
+    assert swapped["loss_dn"] > perfect["loss_dn"] + 1
+
+
+def test_iou_aware_target_is_the_iou() -> None:
+    """Varifocal: for a matched query the loss is smallest when its probability equals its box's IoU."""
+    t = [_target([[0.5, 0.5, 0.2, 0.2]], [1])]
+    box = torch.tensor([[[0.5, 0.5, 0.2, 0.1]]])  # IoU 0.5 with the target
+    crit = SetCriterion(3, LossConfig(iou_aware=True), "focal")
+
+    def loss(p: float) -> float:
+        logits = torch.full((1, 1, 3), -20.0)
+        logits[0, 0, 1] = math.log(p / (1 - p))
+        return float(crit.loss_class(logits, t, [(torch.tensor([0]), torch.tensor([0]))], torch.tensor(1.0), box))
+
+    values = {p: loss(p) for p in (0.3, 0.5, 0.7, 0.95)}
+    assert min(values, key=values.get) == 0.5, values
+    plain = SetCriterion(3, LossConfig(), "focal")
+    logits = torch.full((1, 1, 3), -20.0)
+    logits[0, 0, 1] = math.log(0.5 / 0.5)
+    matches = [(torch.tensor([0]), torch.tensor([0]))]
+    assert float(plain.loss_class(logits, t, matches, torch.tensor(1.0), box)) != values[0.5]

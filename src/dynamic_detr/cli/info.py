@@ -7,7 +7,8 @@ import argparse
 from ..errors import UserError
 from .common import add_config_args, resolve_config
 
-LABELS = {"backbone": "backbone+FPN", "encoder": "encoder", "decoder": "decoder", "total": "total"}
+LABELS = {"backbone": "backbone+FPN", "encoder": "encoder", "dense_head": "dense head", "decoder": "decoder",
+          "training_only": "train-only", "total": "total"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
           f"d={m.hidden_dim}; 1 image of {h}x{w}")
     print(f"{'component':<14}{'params':>11}{'trainable':>12}{'GFLOPs':>10}")
     for key, label in LABELS.items():
-        print(f"{label:<14}{info['params'][key] / 1e6:>9.2f} M{info['trainable'][key] / 1e6:>10.2f} M"
-              f"{info['gflops'][key]:>10.2f}")
+        if key in ("dense_head", "training_only") and not info["params"][key]:
+            continue
+        gflops = f"{info['gflops'][key]:>10.2f}" if key in info["gflops"] else f"{'-':>10}"
+        print(f"{label:<14}{info['params'][key] / 1e6:>9.2f} M{info['trainable'][key] / 1e6:>10.2f} M{gflops}")
     print("GFLOPs: forward, torch FlopCounterMode (multiply-add = 2 FLOPs), including deformable conv and "
           "RoIAlign (formulas in model/info.py)")
     return 0

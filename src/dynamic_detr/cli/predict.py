@@ -18,9 +18,20 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, help="run folder, .pt checkpoint or .safetensors")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing and JSON")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch size of 0 would never flush)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def list_inputs(inputs: list[Path]) -> list[Path]:

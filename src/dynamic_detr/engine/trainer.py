@@ -203,15 +203,13 @@ class Trainer:
         if self.dist.distributed and self.device.type == "cuda" and cfg.train.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place; same parameters
         self.model = model
-        self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss, cfg.model.class_loss)
-        backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.body.") and p.requires_grad]
-        backbone_ids = {id(p) for p in backbone}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss, cfg.model.class_loss,
+                                      cfg.model.dense.center_radius)
         t = cfg.train
-        groups = [{"params": rest, "lr": t.lr}, {"params": backbone, "lr": t.lr_backbone}]
+        groups = param_groups(model, t)
         self.optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
         drop_at = [e / t.epochs for e in t.lr_drop_epochs if 0 < e < t.epochs]
-        self.schedule = WarmupStepSchedule([t.lr, t.lr_backbone], t.warmup_iters, t.warmup_factor, drop_at,
+        self.schedule = WarmupStepSchedule([g["lr"] for g in groups], t.warmup_iters, t.warmup_factor, drop_at,
                                            t.lr_gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.ema = None
@@ -222,7 +220,11 @@ class Trainer:
         self.ddp = model
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            m = cfg.model
+            # query selection leaves the learned boxes (and contents) unused; a batch without targets the labels
+            unused = m.dense.enabled or m.decoder.dn_queries > 0 or m.decoder.num_hybrid_queries > 0
+            self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                                 find_unused_parameters=unused)
 
     def _load_state(self, state: dict[str, Any]) -> None:
         check_compatible(state["model"], self.model)
@@ -340,8 +342,8 @@ class Trainer:
         for micro, batch in enumerate(_until_loader_dies(iterator, stop), start=1):
             batch = batch.to(self.device)
             with autocast(self.device, t.amp):
-                outputs = self.ddp(batch.images, batch.masks)
-            losses = self.criterion(_float(outputs), batch.targets)
+                outputs = self.ddp(batch.images, batch.masks, batch.targets)
+            losses = self.criterion(float32_outputs(outputs), batch.targets)
             loss = losses["loss"]
             loss_value = float(loss.detach())
             finite = not dist_utils.any_rank(not math.isfinite(loss_value), self.device)
@@ -487,6 +489,30 @@ class Trainer:
         return data
 
 
+def param_groups(model: torch.nn.Module, t: Any) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the rest at `lr` first (its lr is the one logged), the backbone trunk at
+    `lr_backbone`, and, when their multiplier is not 1, the encoder's offset / mask convs at
+    `lr * lr_offset_mult` and the decoder's dynamic-filter generators at `lr * lr_dynamic_mult`."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    special = [
+        ("backbone", lambda n: n.startswith("backbone.body."), t.lr_backbone, True),
+        ("offsets", lambda n: n.startswith("encoder.") and ".offset." in n, t.lr * t.lr_offset_mult,
+         t.lr_offset_mult != 1.0),
+        ("dynamic", lambda n: ".dynamic_conv.dynamic_layer." in n, t.lr * t.lr_dynamic_mult,
+         t.lr_dynamic_mult != 1.0),
+    ]
+    taken: set[str] = set()
+    extra = []
+    for name, pick, lr, on in special:
+        if not on:
+            continue
+        params = [p for n, p in named if n not in taken and pick(n)]
+        taken.update(n for n, _ in named if pick(n))
+        extra.append({"params": params, "lr": lr, "name": name})
+    rest = [p for n, p in named if n not in taken]
+    return [{"params": rest, "lr": t.lr, "name": "rest"}, *extra]
+
+
 def _until_loader_dies(iterator, stop: _StopFlag):
     """Batches from `iterator`; if a DataLoader worker dies *because a stop was requested* (a signal sent to
     the whole process group, e.g. Ctrl-C or `kill -TERM -PGID`), end the epoch quietly so that the stop path
@@ -508,11 +534,11 @@ def _new_epoch_stats() -> dict[str, Any]:
     return {"sums": {}, "count": 0, "skipped": 0, "seconds": 0.0}
 
 
-def _float(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Model outputs in float32 for the loss (they may be bf16 under autocast)."""
+def float32_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Model outputs in float32 for the loss (they may be bf16 under autocast); integer tensors unchanged."""
     def cast(v):
         if torch.is_tensor(v):
-            return v.float()
+            return v.float() if v.is_floating_point() else v
         if isinstance(v, list):
             return [cast(x) for x in v]
         if isinstance(v, dict):

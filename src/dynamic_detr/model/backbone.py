@@ -58,6 +58,12 @@ def resolve_enum_weights(name: str, depth: int) -> torchvision.models.WeightsEnu
     return enum[name]
 
 
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (Wu & He 2018; He et al., "Rethinking ImageNet Pre-training": from scratch,
+    GN makes the statistics independent of the batch size)."""
+    return nn.GroupNorm(32, channels)
+
+
 def load_state_dict_file(path: Path) -> dict[str, Tensor]:
     """A ResNet state dict from a local .pth/.pt (`torch.load(weights_only=True)`) or .safetensors file.
     A {"state_dict": ...} or {"model": ...} wrapper is unwrapped. Raises CheckpointError."""
@@ -99,6 +105,10 @@ def load_pretrained(resnet: nn.Module, weights: str, depth: int) -> None:
     # the classifier is not part of the trunk: a checkpoint with any number of classes fits
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    # a GroupNorm trunk (norm="gn") takes the BN affines, not the BN statistics
+    own = resnet.state_dict()
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    state = {k: v for k, v in state.items() if k in own or not k.endswith(stats)}
     try:
         missing, unexpected = resnet.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatch: e.g. R18 weights for an R50
@@ -131,14 +141,14 @@ class Backbone(BackboneWithFPN):
             e.g. when a full checkpoint is loaded next or only the structure matters).
     Attributes:
         pretrained: weights are configured (decides norm "auto" and whether stages are frozen).
-        norm: the resolved norm, "frozen_bn" | "bn".
+        norm: the resolved norm, "frozen_bn" | "bn" | "gn".
         strides: strides of the returned levels P3..P7.
     """
 
     def __init__(self, cfg: BackboneConfig, hidden_dim: int, load_weights: bool = True) -> None:
         pretrained = cfg.weights is not None
         norm = resolve_norm(cfg, pretrained)
-        norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+        norm_layer = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d, "gn": _group_norm}[norm]
         resnet = torchvision.models.get_model(f"resnet{cfg.depth}", weights=None, norm_layer=norm_layer)
         if pretrained and load_weights:
             load_pretrained(resnet, str(cfg.weights), cfg.depth)

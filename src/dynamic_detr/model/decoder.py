@@ -83,7 +83,7 @@ class DecoderStage(nn.Module):
         self.reg_head = head(d, 4, dc.num_reg_layers)
 
     def forward(self, query: Tensor, boxes: Tensor, pos: Tensor | None, feats: list[Tensor],
-                valid_hw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                valid_hw: Tensor, attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """
         Args:
             query: Q [B, K, d].
@@ -91,12 +91,14 @@ class DecoderStage(nn.Module):
             pos: box position embedding [B, K, d] or None.
             feats: pyramid [B, d, H_l, W_l] per level.
             valid_hw: [B, 2] (h, w) of each image's unpadded region, in pixels.
+            attn_mask: self-attention mask, [K, K] or [B * heads, K, K] bool, True = may not attend
+                (query groups: hybrid and denoising queries, `DynamicDecoder.forward`).
         Returns:
             Q^ [B, K, d], class logits [B, K, C'] float32, refined boxes B^ [B, K, 4] cxcywh float32.
         """
         b, k, d = query.shape
         qk = query if pos is None else query + pos
-        attn = self.self_attn(qk, qk, query, need_weights=False)[0]
+        attn = self.self_attn(qk, qk, query, attn_mask=attn_mask, need_weights=False)[0]
         query = self.norm1(query + self.dropout(attn))  # Q*
 
         scale = valid_hw.flip(-1).repeat(1, 2)[:, None, :].float()  # [B, 1, 4] (w, h, w, h)
@@ -135,7 +137,10 @@ class DynamicDecoder(nn.Module):
         if dc.box_pos == "sine":
             n = box_sine_embedding(torch.zeros(4), d).shape[-1]
             self.box_pos = nn.Sequential(nn.Linear(n, d), nn.ReLU(inplace=True), nn.Linear(d, d))
-        pooler = MultiLevelRoIAlign(strides, dc.roi_size, sampling_ratio=2, impl=dc.roi_impl)
+        if dc.query_selection == "boxes+content":  # two-stage: content from the selected encoder features
+            self.content_proj = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d))
+        pooler = MultiLevelRoIAlign(strides, dc.roi_size, sampling_ratio=2, impl=dc.roi_impl,
+                                    canonical_size=dc.roi_canonical_size)
         self.stages = nn.ModuleList(DecoderStage(cfg, pooler) for _ in range(dc.num_stages))
         self._reset_parameters(cfg.class_loss, dc.zero_init_deltas)
 
@@ -152,18 +157,28 @@ class DynamicDecoder(nn.Module):
             for stage in self.stages:
                 nn.init.constant_(stage.cls_head[-1].bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
 
-    def forward(self, feats: list[Tensor], valid_hw: Tensor) -> list[dict[str, Tensor]]:
-        """feats: pyramid [B, d, H_l, W_l]; valid_hw: [B, 2] (h, w) pixels ->
-        per stage {"logits": [B, K, C'], "boxes": [B, K, 4] cxcywh normalised}, last = final."""
+    def forward(self, feats: list[Tensor], valid_hw: Tensor, query: Tensor | None = None,
+                boxes: Tensor | None = None, attn_mask: Tensor | None = None) -> list[dict[str, Tensor]]:
+        """
+        Args:
+            feats: pyramid [B, d, H_l, W_l]; valid_hw: [B, 2] (h, w) pixels.
+            query, boxes: initial content [B, L, d] and boxes [B, L, 4] cxcywh normalised; None = the K
+                learned ones (the paper).
+            attn_mask: self-attention mask for query groups (`DecoderStage.forward`).
+        Returns:
+            per stage {"logits": [B, L, C'], "boxes": [B, L, 4] cxcywh normalised}, last = final.
+        """
         b = feats[0].shape[0]
-        query = self.query_embed.weight[None].expand(b, -1, -1)
-        boxes = self.init_boxes.weight[None].expand(b, -1, -1)
+        if query is None:
+            query = self.query_embed.weight[None].expand(b, -1, -1)
+        if boxes is None:
+            boxes = self.init_boxes.weight[None].expand(b, -1, -1)
         outputs = []
         for stage in self.stages:
             pos = None
             if self.box_pos is not None:
                 pos = self.box_pos(box_sine_embedding(boxes, self.pos_dim).to(query.dtype))
-            query, logits, new_boxes = stage(query, boxes, pos, feats, valid_hw)
+            query, logits, new_boxes = stage(query, boxes, pos, feats, valid_hw, attn_mask)
             outputs.append({"logits": logits, "boxes": new_boxes})
             boxes = new_boxes.detach() if self.detach_boxes else new_boxes
         return outputs

@@ -13,6 +13,8 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from .backbone import Backbone
 from .decoder import DynamicDecoder
+from .denoising import group_attention_mask, noised_queries
+from .dense_head import DenseHead, select_queries
 from .encoder import DynamicEncoder
 
 if TYPE_CHECKING:
@@ -48,6 +50,15 @@ class DynamicDETR(nn.Module):
         self.backbone = Backbone(cfg.backbone, cfg.hidden_dim, load_weights=load_weights)
         self.encoder = DynamicEncoder(cfg.hidden_dim, len(self.backbone.strides), cfg.encoder)
         self.decoder = DynamicDecoder(cfg, self.backbone.strides)
+        dc, d = cfg.decoder, cfg.hidden_dim
+        self.dense_head = DenseHead(cfg, self.backbone.strides) if cfg.dense.enabled else None
+        if dc.num_hybrid_queries:  # H-DETR's one-to-many branch: its own queries (content; boxes if learned)
+            self.hybrid_embed = nn.Embedding(dc.num_hybrid_queries, d)
+            self.hybrid_boxes = nn.Embedding(dc.num_hybrid_queries, 4)
+            with torch.no_grad():
+                self.hybrid_boxes.weight.copy_(torch.tensor([0.5, 0.5, 1.0, 1.0]))
+        if dc.dn_queries:  # DN-DETR: the content of a denoising query is the embedding of its (noised) label
+            self.label_embed = nn.Embedding(cfg.num_classes, d)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         ids = torch.tensor(cfg.category_ids, dtype=torch.long)
@@ -55,15 +66,20 @@ class DynamicDETR(nn.Module):
         self.run_config: Config | None = None
         """The full config (data section: eval transform for `predict`) when loaded from a file."""
 
-    def forward(self, images: Tensor, masks: Tensor | None = None) -> dict[str, Any]:
+    def forward(self, images: Tensor, masks: Tensor | None = None,
+                targets: list[dict[str, Tensor]] | None = None) -> dict[str, Any]:
         """
         Args:
             images: [B, 3, H, W] float in [0, 1] (not normalised), zero-padded bottom / right.
             masks: [B, H, W] bool, True = padding (DETR); None = no padding.
+            targets: training only, for the denoising queries (`decoder.dn_queries`): B dicts with `boxes`
+                [N_b, 4] cxcywh normalised and `labels` [N_b].
         Returns:
             {"logits": [B, K, C'], "boxes": [B, K, 4] cxcywh normalised by each image's unpadded size,
-             "stages": [{"logits", "boxes"} per decoder stage, last = final]}; C' = num_classes (focal) or
-             num_classes + 1 (softmax, last = no-object).
+             "stages": [{"logits", "boxes"} per decoder stage, last = final], "valid_hw": [B, 2]}; C' =
+             num_classes (focal) or num_classes + 1 (softmax, last = no-object). With the dense head also
+             "dense" (`DenseHead.forward`); in training mode, with their switches on, "hybrid_stages" (the
+             one-to-many queries) and "dn_stages" + "dn" (the denoising queries, `noised_queries`).
         """
         if masks is None:
             masks = images.new_zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
@@ -71,8 +87,85 @@ class DynamicDETR(nn.Module):
         # normalising (DETR, torchvision's GeneralizedRCNNTransform)
         x = ((images - self.pixel_mean) / self.pixel_std).masked_fill(masks[:, None], 0.0)
         feats = self.encoder(self.backbone(x))
-        stages = self.decoder(feats, valid_sizes(masks))
-        return {"logits": stages[-1]["logits"], "boxes": stages[-1]["boxes"], "stages": stages}
+        valid_hw = valid_sizes(masks)
+        out: dict[str, Any] = {"valid_hw": valid_hw}
+        dense = None
+        if self.dense_head is not None:
+            dense = out["dense"] = self.dense_head(feats)
+        dc = self.cfg.decoder
+        b, k = images.shape[0], dc.num_queries
+        groups = [self._initial_queries(feats, dense, valid_hw, k, 0, b)]
+        if self.training and dc.num_hybrid_queries:
+            groups.append(self._initial_queries(feats, dense, valid_hw, dc.num_hybrid_queries, k, b,
+                                                hybrid=True))
+        dn = None
+        if self.training and dc.dn_queries and targets is not None:
+            dn = noised_queries(targets, dc.dn_queries, self.cfg.num_classes, dc.dn_box_noise, dc.dn_label_noise)
+            if dn is not None:
+                out["dn"] = dn
+                dn_groups = [(self.label_embed(lab), box) for lab, box in
+                             zip(dn["labels"].split(dn["group_size"], 1), dn["boxes"].split(dn["group_size"], 1),
+                                 strict=True)]
+                groups += dn_groups
+        if len(groups) == 1:
+            stages = self.decoder(feats, valid_hw, *groups[0])
+        else:
+            stages = self._decode_groups(feats, valid_hw, groups, dn)
+            out["hybrid_stages"] = [st.pop("hybrid") for st in stages] if dc.num_hybrid_queries else []
+            if dn is not None:
+                out["dn_stages"] = [st.pop("dn") for st in stages]
+        out.update(logits=stages[-1]["logits"], boxes=stages[-1]["boxes"], stages=stages)
+        return out
+
+    def _initial_queries(self, feats: list[Tensor], dense: dict[str, Tensor] | None, valid_hw: Tensor, k: int,
+                         skip: int, b: int, hybrid: bool = False) -> tuple[Tensor | None, Tensor | None]:
+        """Content [B, k, d] and boxes [B, k, 4] of a query group (None = the decoder's learned ones)."""
+        mode = self.cfg.decoder.query_selection
+        embed = self.hybrid_embed if hybrid else self.decoder.query_embed
+        content = embed.weight[None].expand(b, -1, -1) if hybrid else None
+        if mode == "none" or dense is None:
+            return content, (self.hybrid_boxes.weight[None].expand(b, -1, -1) if hybrid else None)
+        boxes, idx = select_queries(dense, valid_hw, k, skip)
+        if mode == "boxes+content":
+            flat = torch.cat([f.flatten(2) for f in feats], dim=2).transpose(1, 2)  # [B, N, d]
+            picked = flat.gather(1, idx[..., None].expand(-1, -1, flat.shape[-1])).detach()
+            content = self.decoder.content_proj(picked)
+        elif content is None:
+            content = embed.weight[None].expand(b, -1, -1)
+        return content, boxes
+
+    def _decode_groups(self, feats: list[Tensor], valid_hw: Tensor, groups: list[tuple[Tensor | None, Tensor | None]],
+                       dn: dict[str, Tensor] | None) -> list[dict[str, Any]]:
+        """One decoder pass over several query groups (matching, hybrid, denoising groups) that never attend to
+        each other; each stage's output is split back: {"logits", "boxes"} of the matching queries, plus
+        "hybrid" and "dn" sub-dicts."""
+        b = valid_hw.shape[0]
+        d = self.cfg.hidden_dim
+        contents, boxes = [], []
+        for content, box in groups:
+            if content is None:
+                content = self.decoder.query_embed.weight[None].expand(b, -1, -1)
+            if box is None:
+                box = self.decoder.init_boxes.weight[None].expand(b, -1, -1)
+            contents.append(content.expand(b, -1, d))
+            boxes.append(box.expand(b, -1, 4))
+        sizes = [c.shape[1] for c in contents]
+        key_valid = None
+        if dn is not None:
+            n_plain = sum(sizes) - dn["target"].shape[1]
+            key_valid = torch.cat([dn["target"].new_ones(b, n_plain, dtype=torch.bool), dn["target"] >= 0], dim=1)
+        mask = group_attention_mask(sizes, self.cfg.decoder.num_heads, key_valid).to(valid_hw.device)
+        stages = self.decoder(feats, valid_hw, torch.cat(contents, 1), torch.cat(boxes, 1), mask)
+        k, h = sizes[0], self.cfg.decoder.num_hybrid_queries
+        split = []
+        for st in stages:
+            part = {key: v[:, :k] for key, v in st.items()}
+            if h:
+                part["hybrid"] = {key: v[:, k:k + h] for key, v in st.items()}
+            if dn is not None:
+                part["dn"] = {key: v[:, k + h:] for key, v in st.items()}
+            split.append(part)
+        return split
 
     @torch.no_grad()
     def postprocess(self, outputs: dict[str, Any], orig_sizes: Tensor,

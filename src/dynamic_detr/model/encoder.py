@@ -142,6 +142,8 @@ class DynamicEncoderBlock(nn.Module):
         self.scale_fine_offsets = cfg.scale_fine_offsets
         n = 1 if cfg.share_levels else num_levels
         self.levels = nn.ModuleList(LevelOps(channels, cfg) for _ in range(n))
+        # EncoderConfig.residual (not in the paper): out = x + g * block(x), g = 0 at init (ReZero)
+        self.gate = nn.Parameter(torch.zeros(())) if cfg.residual else None
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         """feats: [P_i: [B, C, H_i, W_i]] finest first -> same shapes."""
@@ -170,7 +172,8 @@ class DynamicEncoderBlock(nn.Module):
                 y = ops.coarse(coarse, *offsets_for(offset, mask, csize, ratio))
                 branches.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
             stacked = torch.stack(branches)  # [n, B, C, H, W], n = 2 at the pyramid's ends, 3 inside
-            outs.append(ops.dyrelu((stacked * ops.scale_attn(stacked)).mean(dim=0)))
+            out = ops.dyrelu((stacked * ops.scale_attn(stacked)).mean(dim=0))
+            outs.append(out if self.gate is None else x + self.gate * out)
         return outs
 
 

@@ -23,7 +23,9 @@ BILINEAR_FLOPS = 8
 """One bilinearly sampled value: 4 products + 3 sums of its corners, + 1 (DCNv2's mask product, or RoIAlign's
 accumulation into its bin average). The corner weights, shared by all channels, are not counted."""
 
-COMPONENTS = ("backbone", "encoder", "decoder")
+COMPONENTS = ("backbone", "encoder", "dense_head", "decoder")
+TRAINING_ONLY = ("hybrid_embed", "hybrid_boxes", "label_embed")
+"""Parameters used in training only (the one-to-many and denoising queries' embeddings)."""
 
 
 def deform_conv2d_flops(input_shape: Any, weight_shape: Any, *args: Any, out_shape: Any = None,
@@ -76,13 +78,16 @@ def model_info(cfg: ModelConfig, image_size: tuple[int, int]) -> dict[str, Any]:
     The model is built as configured (norm, frozen stages) without reading any backbone weights.
     Returns:
         {"image_size": (H, W), "params": {component: n, "total": n}, "trainable": {...},
-         "gflops": {component: g, "total": g}}; components = backbone (ResNet + FPN), encoder, decoder.
+         "gflops": {component: g, "total": g}}; components = backbone (ResNet + FPN), encoder, dense_head
+        (0 when off), decoder; params also "training_only" (embeddings of the hybrid / denoising queries).
     """
     h, w = image_size
     model = DynamicDETR(cfg, load_weights=False).eval()
     params, trainable = {}, {}
     for name in COMPONENTS:
-        params[name], trainable[name] = count_params(getattr(model, name))
+        params[name], trainable[name] = count_params(getattr(model, name) or nn.Module())
+    extra = nn.ModuleList(getattr(model, n) for n in TRAINING_ONLY if hasattr(model, n))
+    params["training_only"], trainable["training_only"] = count_params(extra)
     params["total"], trainable["total"] = count_params(model)
 
     flops: dict[str, int] = {}
@@ -96,6 +101,11 @@ def model_info(cfg: ModelConfig, image_size: tuple[int, int]) -> dict[str, Any]:
             feats = encoder(feats)
         flops["encoder"] = counter.get_total_flops()
     real = [torch.randn(f.shape) for f in feats]
+    flops["dense_head"] = 0
+    if model.dense_head is not None:
+        with flop_counter() as counter:
+            model.dense_head(real)
+        flops["dense_head"] = counter.get_total_flops()
     # grad mode keeps nn.MultiheadAttention off its fused eval path, which FlopCounterMode cannot see
     with torch.enable_grad(), flop_counter() as counter:
         model.decoder(real, torch.tensor([[float(h), float(w)]]))

@@ -20,14 +20,15 @@ CANONICAL_LEVEL = 4
 """FPN (Lin et al. 2017, eq. 1): a 224x224 box is pooled from P4, each doubling of its size one level up."""
 
 
-def assign_levels(boxes: Tensor, levels: tuple[int, ...]) -> Tensor:
+def assign_levels(boxes: Tensor, levels: tuple[int, ...], canonical_size: float = CANONICAL_SIZE) -> Tensor:
     """Index into `levels` (e.g. (3, ..., 7)) for each box.
 
-    boxes: [N, 4] xyxy in input pixels -> [N] long, floor(4 + log2(sqrt(wh) / 224)) clamped to the pyramid.
+    boxes: [N, 4] xyxy in input pixels -> [N] long, floor(4 + log2(sqrt(wh) / canonical)) clamped to the
+    pyramid (FPN: canonical 224).
     """
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
     size = (wh[:, 0] * wh[:, 1]).sqrt()
-    k = torch.floor(CANONICAL_LEVEL + torch.log2(size / CANONICAL_SIZE + 1e-6))
+    k = torch.floor(CANONICAL_LEVEL + torch.log2(size / canonical_size + 1e-6))
     return (k.clamp(min=levels[0], max=levels[-1]) - levels[0]).long()
 
 
@@ -42,21 +43,23 @@ class MultiLevelRoIAlign(nn.Module):
         output_size: S of the S x S output.
         sampling_ratio: bilinear samples per bin side (2, as Sparse R-CNN).
         impl: "torchvision", "bags" (`roi_align_bags`) or "auto" (bags on CPU).
+        canonical_size: the box size pooled from P4 (`DecoderConfig.roi_canonical_size`).
     """
 
     def __init__(self, strides: tuple[int, ...], output_size: int, sampling_ratio: int = 2,
-                 impl: str = "auto") -> None:
+                 impl: str = "auto", canonical_size: int = CANONICAL_SIZE) -> None:
         super().__init__()
         self.strides = tuple(strides)
         self.levels = tuple(round(math.log2(s)) for s in self.strides)
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
         self.impl = impl
+        self.canonical_size = canonical_size
 
     def forward(self, feats: list[Tensor], rois: Tensor) -> Tensor:
         """feats: [B, C, H_l, W_l] per level; rois: [N, 5] (batch index, x1, y1, x2, y2) in input pixels
         -> [N, C, S, S] float32."""
-        level = assign_levels(rois[:, 1:], self.levels)
+        level = assign_levels(rois[:, 1:], self.levels, self.canonical_size)
         impl = self.impl if self.impl != "auto" else ("bags" if rois.device.type == "cpu" else "torchvision")
         if impl == "bags":
             return roi_align_bags(feats, self.strides, rois, level, self.output_size, self.sampling_ratio)

@@ -11,10 +11,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..config import LossConfig
 from .boxes import safe_xyxy
+from .dense_loss import dense_loss
 from .matcher import HungarianMatcher
 
 
@@ -27,8 +28,9 @@ class SetCriterion(nn.Module):
         class_loss: "focal" (logits [B, K, C]) or "softmax" (logits [B, K, C + 1], last = no-object).
     """
 
-    def __init__(self, num_classes: int, cfg: LossConfig, class_loss: str) -> None:
+    def __init__(self, num_classes: int, cfg: LossConfig, class_loss: str, dense_radius: float = 1.5) -> None:
         super().__init__()
+        self.dense_radius = dense_radius
         if class_loss not in ("focal", "softmax"):
             raise ValueError(f"class_loss must be 'focal' or 'softmax', got {class_loss!r}")
         self.num_classes = num_classes
@@ -62,35 +64,67 @@ class SetCriterion(nn.Module):
         self._check_labels(targets)
         expected = self.num_classes + (self.class_loss == "softmax")
         if stages[-1]["logits"].shape[-1] != expected:
-            raise ValueError(f"{self.class_loss} loss with {self.num_classes} classes expects logits [B, K, "
+            raise ValueError(f"{self.class_loss} loss with {self.num_classes} classes expects logits [B, "
                              f"{expected}], got {list(stages[-1]['logits'].shape)}")
         num_boxes = self._num_boxes(targets, device)
         w = self.cfg
         losses: dict[str, Tensor] = {}
-        total = torch.zeros((), device=device)
         with torch.autocast(device_type=device.type, enabled=False):
-            for s, stage in enumerate(stages):
-                logits, boxes = stage["logits"].float(), stage["boxes"].float()
-                matches = self.matcher(logits, boxes, targets)
-                terms = {
-                    "class": self.loss_class(logits, targets, matches, num_boxes),
-                    **self.loss_boxes(boxes, targets, matches, num_boxes),
-                }
-                for name, value in terms.items():
-                    losses[f"loss_{name}_{s}"] = value
-                total = total + w.loss_class * terms["class"] + w.loss_bbox * terms["bbox"] \
-                    + w.loss_giou * terms["giou"]
-        last = len(stages) - 1
-        for name in ("class", "bbox", "giou"):
-            losses[f"loss_{name}"] = losses[f"loss_{name}_{last}"]
+            total = self._stages_loss(stages, targets, num_boxes, losses, "")
+            if outputs.get("hybrid_stages"):  # H-DETR one-to-many: every target repeated k times
+                k = w.hybrid_k
+                many = [{"boxes": t["boxes"].repeat(k, 1), "labels": t["labels"].repeat(k)} for t in targets]
+                total = total + w.hybrid_weight * self._stages_loss(outputs["hybrid_stages"], many, num_boxes * k,
+                                                                    losses, "hybrid")
+            if outputs.get("dn_stages"):  # denoising: each query reconstructs its own target
+                dn = outputs["dn"]
+                matches = [(torch.nonzero(t >= 0).squeeze(1).cpu(), t[t >= 0].cpu()) for t in dn["target"]]
+                total = total + w.dn_weight * self._stages_loss(outputs["dn_stages"], targets,
+                                                                num_boxes * dn["groups"], losses, "dn", matches)
+            if outputs.get("dense") is not None and "valid_hw" in outputs:
+                terms = dense_loss(outputs["dense"], targets, outputs["valid_hw"].float(), self.dense_radius,
+                                   w.focal_alpha, w.focal_gamma)
+                losses.update(terms)
+                dense_total = terms["dense_class"] + 2.0 * terms["dense_giou"] + terms["dense_ctr"]
+                losses["loss_dense"] = dense_total
+                total = total + w.dense_weight * dense_total
         losses["loss"] = total
         return losses
 
+    def _stages_loss(self, stages: list[dict[str, Tensor]], targets: list[dict[str, Tensor]], num_boxes: Tensor,
+                     losses: dict[str, Tensor], branch: str,
+                     matches: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
+        """Weighted sum over stages of class + L1 + GIoU; each stage Hungarian-matched unless `matches` is
+        given (fixed assignment). Main branch (""): logs every stage's terms and the final stage's as
+        `loss_{term}`; other branches log their weighted total as `loss_{branch}`."""
+        w = self.cfg
+        total = torch.zeros((), device=num_boxes.device)
+        for s, stage in enumerate(stages):
+            logits, boxes = stage["logits"].float(), stage["boxes"].float()
+            m = matches if matches is not None else self.matcher(logits, boxes, targets)
+            terms = {"class": self.loss_class(logits, targets, m, num_boxes, boxes),
+                     **self.loss_boxes(boxes, targets, m, num_boxes)}
+            if not branch:
+                for name, value in terms.items():
+                    losses[f"loss_{name}_{s}"] = value
+            total = total + w.loss_class * terms["class"] + w.loss_bbox * terms["bbox"] + w.loss_giou * terms["giou"]
+        if not branch:
+            last = len(stages) - 1
+            for name in ("class", "bbox", "giou"):
+                losses[f"loss_{name}"] = losses[f"loss_{name}_{last}"]
+        else:
+            losses[f"loss_{branch}"] = total
+        return total
+
     # ------------------------------------------------------------------ terms
     def loss_class(self, logits: Tensor, targets: list[dict[str, Tensor]],
-                   matches: list[tuple[Tensor, Tensor]], num_boxes: Tensor) -> Tensor:
+                   matches: list[tuple[Tensor, Tensor]], num_boxes: Tensor, boxes: Tensor | None = None) -> Tensor:
         """Class loss over all K queries of every image; unmatched queries are trained towards "no object"
-        (all sigmoids 0 for focal, the extra class for softmax). logits [B, K, C']."""
+        (all sigmoids 0 for focal, the extra class for softmax). logits [B, K, C'].
+
+        With `LossConfig.iou_aware` (focal only, needs `boxes` [B, K, 4]): varifocal loss (VarifocalNet, as
+        RT-DETR): a matched query's target is the IoU of its box with its target's, weighted by that IoU; a
+        negative is weighted alpha * p^gamma."""
         B, K = logits.shape[:2]
         batch_idx, pred_idx, tgt_labels = self._matched(targets, matches, logits.device)
         target_classes = torch.full((B, K), self.num_classes, dtype=torch.int64, device=logits.device)
@@ -101,6 +135,16 @@ class SetCriterion(nn.Module):
             return F.cross_entropy(logits.transpose(1, 2), target_classes, weight=weight)
         # Deformable DETR: sum of the per-logit focal terms / number of target boxes
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
+        if self.cfg.iou_aware and boxes is not None:
+            iou = torch.zeros(B, K, device=logits.device)
+            if len(batch_idx):
+                tgt = torch.cat([t["boxes"][j.to(logits.device)] for t, (_, j) in zip(targets, matches, strict=True)])
+                src = boxes[batch_idx, pred_idx].detach()
+                iou[batch_idx, pred_idx] = box_iou(safe_xyxy(src), safe_xyxy(tgt)).diagonal().clamp(min=0.01)
+            score = onehot * iou[..., None]
+            prob = logits.sigmoid().detach()
+            weight = self.cfg.focal_alpha * prob.pow(self.cfg.focal_gamma) * (1 - onehot) + score
+            return F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction="sum") / num_boxes
         focal = sigmoid_focal_loss(logits, onehot, alpha=self.cfg.focal_alpha, gamma=self.cfg.focal_gamma,
                                    reduction="sum")
         return focal / num_boxes

@@ -1,0 +1,123 @@
+"""Dense auxiliary head on the dynamic encoder's pyramid (not in the paper; `DenseHeadConfig`).
+
+An FCOS head (Tian et al. 2019): at every location of every level, class logits, the distances (l, t, r, b) to
+the box sides and a centre-ness logit, from two towers of 3x3 conv + GroupNorm + ReLU shared across levels.
+Co-DETR trains such a head on the encoder output as a one-to-many auxiliary loss; its top-K boxes can also
+start the decoder (query selection, `select_queries`). The DyHead block that Dynamic DETR's encoder is built
+from was designed to feed a dense head like this one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import box_convert
+
+from ..config import ModelConfig
+from .decoder import PRIOR_PROB
+
+
+def level_points(feats: list[Tensor], strides: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Centres of every location, levels concatenated finest first: points [N, 2] (x, y) input pixels,
+    stride [N]."""
+    points, stride = [], []
+    for f, s in zip(feats, strides, strict=True):
+        h, w = int(f.shape[-2]), int(f.shape[-1])
+        ys = (torch.arange(h, device=f.device, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(w, device=f.device, dtype=torch.float32) + 0.5) * s
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack([xx.flatten(), yy.flatten()], dim=1))
+        stride.append(torch.full((h * w,), float(s), device=f.device))
+    return torch.cat(points), torch.cat(stride)
+
+
+class DenseHead(nn.Module):
+    """FCOS head: class tower -> C logits, box tower -> ltrb distances and centre-ness, shared by all levels.
+
+    Args:
+        cfg: model config (hidden_dim, num_classes, dense.*).
+        strides: strides of the pyramid levels.
+    """
+
+    def __init__(self, cfg: ModelConfig, strides: tuple[int, ...]) -> None:
+        super().__init__()
+        d = cfg.hidden_dim
+        self.strides = tuple(strides)
+
+        def tower() -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for _ in range(cfg.dense.num_convs):
+                layers += [nn.Conv2d(d, d, 3, padding=1), nn.GroupNorm(cfg.encoder.gn_groups, d), nn.ReLU()]
+            return nn.Sequential(*layers)
+
+        self.cls_tower, self.box_tower = tower(), tower()
+        self.cls_logits = nn.Conv2d(d, cfg.num_classes, 3, padding=1)
+        self.box_ltrb = nn.Conv2d(d, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(d, 1, 3, padding=1)
+        self.scales = nn.Parameter(torch.ones(len(self.strides)))  # FCOS: a learned scale per level
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
+
+    def forward(self, feats: list[Tensor]) -> dict[str, Tensor]:
+        """feats: [B, d, H_l, W_l] per level -> {"logits": [B, N, C], "ltrb": [B, N, 4] input pixels (>= 0),
+        "centerness": [B, N] logits, "points": [N, 2], "stride": [N]}, N = all locations, finest level first."""
+        logits, ltrb, ctr = [], [], []
+        for i, (f, s) in enumerate(zip(feats, self.strides, strict=True)):
+            c = self.cls_tower(f)
+            b = self.box_tower(f)
+            logits.append(self.cls_logits(c).flatten(2).transpose(1, 2))
+            # FCOS with normalised targets: distances = ReLU(scale_l * x) * stride
+            ltrb.append((F.relu(self.box_ltrb(b) * self.scales[i]) * s).flatten(2).transpose(1, 2))
+            ctr.append(self.centerness(b).flatten(1))
+        points, stride = level_points(feats, self.strides)
+        return {"logits": torch.cat(logits, 1).float(), "ltrb": torch.cat(ltrb, 1).float(),
+                "centerness": torch.cat(ctr, 1).float(), "points": points, "stride": stride}
+
+
+def dense_boxes(dense: dict[str, Tensor]) -> Tensor:
+    """[B, N, 4] xyxy input pixels: each location's point minus / plus its (l, t, r, b)."""
+    p = dense["points"][None]
+    ltrb = dense["ltrb"]
+    return torch.cat([p - ltrb[..., :2], p + ltrb[..., 2:]], dim=-1)
+
+
+def dense_scores(dense: dict[str, Tensor]) -> Tensor:
+    """[B, N]: FCOS's ranking score, sqrt(max class probability x centre-ness)."""
+    return (dense["logits"].sigmoid().amax(-1) * dense["centerness"].sigmoid()).sqrt()
+
+
+def select_queries(dense: dict[str, Tensor], valid_hw: Tensor, k: int, skip: int = 0
+                   ) -> tuple[Tensor, Tensor]:
+    """Query selection (two-stage Deformable DETR, DINO, RT-DETR): each image's top-k dense boxes by score,
+    among the locations inside its unpadded region.
+
+    Args:
+        dense: `DenseHead` output.
+        valid_hw: [B, 2] (h, w) pixels of each image's unpadded region.
+        k: boxes per image.
+        skip: drop the `skip` best first (the hybrid branch takes the boxes after the main queries').
+    Returns:
+        boxes [B, k, 4] cxcywh normalised by the valid size (detached, at least one pixel wide), and the
+        selected location indices [B, k] (into N).
+    """
+    scores = dense_scores(dense).detach()
+    p = dense["points"]
+    inside = (p[None, :, 0] < valid_hw[:, None, 1]) & (p[None, :, 1] < valid_hw[:, None, 0])  # [B, N]
+    scores = scores.masked_fill(~inside, -1.0)
+    n = scores.shape[1]
+    take = min(k + skip, n)
+    idx = scores.topk(take, dim=1).indices[:, skip:]
+    if idx.shape[1] < k:  # fewer locations than queries (a tiny input): repeat the best ones
+        idx = idx.repeat(1, math.ceil(k / max(idx.shape[1], 1)))[:, :k]
+    xyxy = dense_boxes(dense).detach().gather(1, idx[..., None].expand(-1, -1, 4))
+    wh = valid_hw.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] (w, h, w, h)
+    xyxy = torch.minimum(xyxy.clamp(min=0), wh)
+    cxcywh = box_convert(xyxy, "xyxy", "cxcywh")
+    cxcywh = torch.cat([cxcywh[..., :2], cxcywh[..., 2:].clamp(min=1.0)], dim=-1)
+    return cxcywh / wh, idx

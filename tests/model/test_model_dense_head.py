@@ -1,0 +1,87 @@
+"""Dense auxiliary head (FCOS) and query selection."""
+
+from __future__ import annotations
+
+import torch
+from model_helpers import padded_batch, tiny_cfg
+
+from dynamic_detr.model.dense_head import DenseHead, dense_boxes, level_points, select_queries
+from dynamic_detr.model.detector import DynamicDETR
+
+STRIDES = (8, 16, 32, 64, 128)
+
+
+def _feats(h: int, w: int, d: int = 64, b: int = 2) -> list[torch.Tensor]:
+    return [torch.randn(b, d, -(-h // s), -(-w // s)) for s in STRIDES]
+
+
+def test_level_points_are_pixel_centres_finest_first():
+    feats = _feats(32, 48)
+    points, stride = level_points(feats, STRIDES)
+    assert points.shape == (4 * 6 + 2 * 3 + 1 * 2 + 1 + 1, 2)
+    torch.testing.assert_close(points[0], torch.tensor([4.0, 4.0]))  # P3 (0, 0)
+    torch.testing.assert_close(points[1], torch.tensor([12.0, 4.0]))  # P3 (0, 1): x first
+    torch.testing.assert_close(points[24], torch.tensor([8.0, 8.0]))  # P4 (0, 0)
+    assert stride[:24].eq(8).all() and stride[24:30].eq(16).all() and stride[-1] == 128
+
+
+def test_dense_head_shapes_and_nonnegative_distances():
+    cfg = tiny_cfg()
+    cfg.dense.enabled = True
+    head = DenseHead(cfg, STRIDES)
+    out = head(_feats(64, 96))
+    n = out["points"].shape[0]
+    assert out["logits"].shape == (2, n, cfg.num_classes)
+    assert out["ltrb"].shape == (2, n, 4) and (out["ltrb"] >= 0).all()
+    assert out["centerness"].shape == (2, n)
+    boxes = dense_boxes(out)
+    p = out["points"][None]
+    assert (boxes[..., :2] <= p).all() and (boxes[..., 2:] >= p).all()  # every box contains its location
+    torch.testing.assert_close(out["logits"].sigmoid().mean(), torch.tensor(0.01), atol=2e-3, rtol=0)
+
+
+def test_select_queries_takes_top_scores_inside_the_valid_region():
+    points = torch.tensor([[4.0, 4.0], [12.0, 4.0], [4.0, 12.0], [12.0, 12.0]])
+    logits = torch.full((2, 4, 3), -9.0)
+    logits[:, :, 0] = torch.tensor([1.0, 5.0, 3.0, 9.0])  # location 3 is best, 1 second, 2 third
+    dense = {"points": points, "stride": torch.full((4,), 8.0), "logits": logits,
+             "ltrb": torch.full((2, 4, 4), 2.0), "centerness": torch.zeros(2, 4)}
+    valid = torch.tensor([[16.0, 16.0], [16.0, 8.0]])  # image 1 is 8 px wide: x = 12 is padding
+    boxes, idx = select_queries(dense, valid, k=2)
+    assert idx[0].tolist() == [3, 1]
+    assert idx[1].tolist() == [2, 0]  # only x < 8 allowed
+    # image 0, location 3: xyxy (10, 10, 14, 14) -> cxcywh (12, 12, 4, 4) / 16
+    torch.testing.assert_close(boxes[0, 0], torch.tensor([0.75, 0.75, 0.25, 0.25]))
+    # skip (the hybrid branch's boxes come after the main queries')
+    _, idx2 = select_queries(dense, valid, k=1, skip=1)
+    assert idx2[0].tolist() == [1]
+
+
+def test_query_selection_feeds_the_decoder_dense_boxes():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(query_selection="boxes", num_stages=1)
+    cfg.dense.enabled = True
+    model = DynamicDETR(cfg).eval()
+    images, masks = padded_batch([(64, 96), (64, 64)])
+    seen = {}
+
+    def grab(module, args):
+        seen["boxes"] = args[1]
+
+    model.decoder.stages[0].register_forward_pre_hook(grab)
+    out = model(images, masks)
+    expected, _ = select_queries(out["dense"], out["valid_hw"], cfg.decoder.num_queries)
+    torch.testing.assert_close(seen["boxes"], expected)
+    assert not torch.allclose(seen["boxes"], torch.tensor([0.5, 0.5, 1.0, 1.0]).expand_as(expected))
+
+
+def test_boxes_plus_content_gets_gradient_into_the_projection_only_through_the_decoder():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(query_selection="boxes+content")
+    cfg.dense.enabled = True
+    model = DynamicDETR(cfg).train()
+    images, masks = padded_batch([(64, 96), (64, 64)])
+    out = model(images, masks)
+    out["logits"].sum().backward()
+    assert model.decoder.content_proj[0].weight.grad.abs().sum() > 0
+    assert model.decoder.query_embed.weight.grad is None  # learned contents unused
