@@ -193,7 +193,7 @@ class LossConfig:
     no_object_weight: float = 0.1
     """Softmax loss only: weight of the no-object class (DETR's eos_coef)."""
     dense_weight: float = 1.0
-    """Weight of the dense head's FCOS loss (focal + GIoU + centre-ness, each as in FCOS) in the total."""
+    """Weight of the dense head's FCOS loss (focal + 2 x GIoU + centre-ness BCE) in the total."""
     hybrid_k: int = 6
     """One-to-many branch (`decoder.num_hybrid_queries`): each target is repeated k times (H-DETR: 6)."""
     hybrid_weight: float = 1.0

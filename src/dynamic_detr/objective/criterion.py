@@ -64,7 +64,7 @@ class SetCriterion(nn.Module):
         self._check_labels(targets)
         expected = self.num_classes + (self.class_loss == "softmax")
         if stages[-1]["logits"].shape[-1] != expected:
-            raise ValueError(f"{self.class_loss} loss with {self.num_classes} classes expects logits [B, "
+            raise ValueError(f"{self.class_loss} loss with {self.num_classes} classes expects logits [B, K, "
                              f"{expected}], got {list(stages[-1]['logits'].shape)}")
         num_boxes = self._num_boxes(targets, device)
         w = self.cfg
@@ -85,6 +85,7 @@ class SetCriterion(nn.Module):
                 terms = dense_loss(outputs["dense"], targets, outputs["valid_hw"].float(), self.dense_radius,
                                    w.focal_alpha, w.focal_gamma)
                 losses.update(terms)
+                # FCOS weighs its three terms 1:1:1; GIoU x2 here, the class : GIoU ratio of the decoder's loss
                 dense_total = terms["dense_class"] + 2.0 * terms["dense_giou"] + terms["dense_ctr"]
                 losses["loss_dense"] = dense_total
                 total = total + w.dense_weight * dense_total
