@@ -134,12 +134,24 @@ def ratio_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def cost_table(rows: list[dict[str, Any]]) -> str:
+    """What the recipe costs: each of our contenders over the paper's model (`faithful`) at the same preset
+    (>1 = slower / heavier than the paper's model)."""
+    out = ["| preset | model | train step | latency b1 | infer img/s | peak mem |", "|---|---|---|---|---|---|"]
+    for base in (r for r in rows if r["name"] == "faithful"):
+        for r in (r for r in rows if r["preset"] == base["preset"] and r["name"] in peers.OURS and r is not base):
+            out.append(f"| {r['preset']} | {r['label']} | x{r['train_step_s'] / base['train_step_s']:.2f} | "
+                       f"x{r['latency_ms'] / base['latency_ms']:.2f} | x{r['infer_img_s'] / base['infer_img_s']:.2f} "
+                       f"| x{r['peak_mb'] / base['peak_mb']:.2f} |")
+    return "\n".join(out) if len(out) > 2 else ""
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["cpu_small", "cpu_tiny"])
-    p.add_argument("--only", nargs="+", choices=["dynamic_detr", *peers.PEERS],
-                   help="contenders (default: ours and every peer)")
+    p.add_argument("--only", nargs="+", choices=peers.ALL,
+                   help="contenders (default: ours and every peer; any rung of the recipe ladder or ablation too)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("SHORT", "LONG"),
                    help="eval size (default: each preset's eval_short_side / eval_max_size)")
     p.add_argument("--batch", type=int, default=8)
@@ -191,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     md = (f"{report['machine']['cpu']}, {report['machine']['threads']} threads, {device}; fp32 matmul "
           f"{peak:.0f} GFLOP/s; torch {report['machine']['torch']}; {report['machine']['date']}.\n\n"
           f"{table(rows, peak)}\n\nRatios, ours over each peer (>1: ours better):\n\n{ratio_table(rows)}\n")
+    if cost_table(rows):
+        md += f"\nOur contenders over the paper's model (`faithful`; >1: slower / heavier):\n\n{cost_table(rows)}\n"
     (args.out / "speed.md").write_text(md)
     print(md)
     print(f"wrote {args.out / 'speed.json'}, {args.out / 'speed.md'}")
