@@ -93,11 +93,7 @@ class DynamicDETR(nn.Module):
         if self.dense_head is not None:
             dense = out["dense"] = self.dense_head(feats)
         dc = self.cfg.decoder
-        b, k = images.shape[0], dc.num_queries
-        groups = [self._initial_queries(feats, dense, valid_hw, k, 0, b)]
-        if self.training and dc.num_hybrid_queries:
-            groups.append(self._initial_queries(feats, dense, valid_hw, dc.num_hybrid_queries, k, b,
-                                                hybrid=True))
+        groups = self._query_groups(feats, dense, valid_hw)
         dn = None
         if self.training and dc.dn_queries and targets is not None:
             dn = noised_queries(targets, dc.dn_queries, self.cfg.num_classes, dc.dn_box_noise, dc.dn_label_noise)
@@ -117,38 +113,35 @@ class DynamicDETR(nn.Module):
         out.update(logits=stages[-1]["logits"], boxes=stages[-1]["boxes"], stages=stages)
         return out
 
-    def _initial_queries(self, feats: list[Tensor], dense: dict[str, Tensor] | None, valid_hw: Tensor, k: int,
-                         skip: int, b: int, hybrid: bool = False) -> tuple[Tensor | None, Tensor | None]:
-        """Content [B, k, d] and boxes [B, k, 4] of a query group (None = the decoder's learned ones)."""
-        mode = self.cfg.decoder.query_selection
-        embed = self.hybrid_embed if hybrid else self.decoder.query_embed
-        content = embed.weight[None].expand(b, -1, -1) if hybrid else None
-        if mode == "none" or dense is None:
-            return content, (self.hybrid_boxes.weight[None].expand(b, -1, -1) if hybrid else None)
-        boxes, idx = select_queries(dense, valid_hw, k, skip)
-        if mode == "boxes+content":
+    def _query_groups(self, feats: list[Tensor], dense: dict[str, Tensor] | None, valid_hw: Tensor
+                      ) -> list[tuple[Tensor, Tensor]]:
+        """Content [B, L, d] and boxes [B, L, 4] of the matching queries and, in training with the hybrid
+        branch on, of the one-to-many queries. With query selection the boxes (and contents) come from one
+        top-(K + H) of the dense head: the matching queries take the K best, the hybrid ones the next H."""
+        dc = self.cfg.decoder
+        b, k = valid_hw.shape[0], dc.num_queries
+        h = dc.num_hybrid_queries if self.training else 0
+        learned = [(self.decoder.query_embed, self.decoder.init_boxes)]
+        if h:
+            learned.append((self.hybrid_embed, self.hybrid_boxes))
+        if dc.query_selection == "none" or dense is None:
+            return [(e.weight[None].expand(b, -1, -1), bx.weight[None].expand(b, -1, -1)) for e, bx in learned]
+        boxes, idx = select_queries(dense, valid_hw, k + h)
+        if dc.query_selection == "boxes+content":
             flat = torch.cat([f.flatten(2) for f in feats], dim=2).transpose(1, 2)  # [B, N, d]
             picked = flat.gather(1, idx[..., None].expand(-1, -1, flat.shape[-1])).detach()
             content = self.decoder.content_proj(picked)
-        elif content is None:
-            content = embed.weight[None].expand(b, -1, -1)
-        return content, boxes
+        else:
+            content = torch.cat([e.weight[None].expand(b, -1, -1) for e, _ in learned], dim=1)
+        return [(content[:, :k], boxes[:, :k]), *([(content[:, k:], boxes[:, k:])] if h else [])]
 
-    def _decode_groups(self, feats: list[Tensor], valid_hw: Tensor, groups: list[tuple[Tensor | None, Tensor | None]],
+    def _decode_groups(self, feats: list[Tensor], valid_hw: Tensor, groups: list[tuple[Tensor, Tensor]],
                        dn: dict[str, Tensor] | None) -> list[dict[str, Any]]:
         """One decoder pass over several query groups (matching, hybrid, denoising groups) that never attend to
         each other; each stage's output is split back: {"logits", "boxes"} of the matching queries, plus
         "hybrid" and "dn" sub-dicts."""
         b = valid_hw.shape[0]
-        d = self.cfg.hidden_dim
-        contents, boxes = [], []
-        for content, box in groups:
-            if content is None:
-                content = self.decoder.query_embed.weight[None].expand(b, -1, -1)
-            if box is None:
-                box = self.decoder.init_boxes.weight[None].expand(b, -1, -1)
-            contents.append(content.expand(b, -1, d))
-            boxes.append(box.expand(b, -1, 4))
+        contents, boxes = zip(*groups, strict=True)
         sizes = [c.shape[1] for c in contents]
         key_valid = None
         if dn is not None:
