@@ -36,6 +36,9 @@ from .report import AP_KEYS, RunReport, atomic_write_json
 from .sampler import ResumableSampler, SeededDataset
 from .schedule import WarmupStepSchedule
 
+_clock = time.perf_counter
+"""The training-time clock (a module attribute so that tests can drive it)."""
+
 
 @dataclass
 class TrainResult:
@@ -121,6 +124,11 @@ class Trainer:
         self.cfg = cfg
         self._seed_everything(cfg.train.seed + self.dist.rank, cfg.train.deterministic)
         self._build_data()
+        n_batches = math.ceil(self.train_sampler.per_rank() / cfg.train.batch_size)
+        if cfg.train.accumulate > n_batches:
+            warnings.warn(f"train.accumulate={cfg.train.accumulate} is more than the {n_batches} batches of an "
+                          f"epoch: each epoch takes one optimizer step, over its {n_batches} batches",
+                          UserWarning, stacklevel=2)
         self._build_model()
         self.state = {"epoch": 0, "epoch_samples": 0, "step": 0, "elapsed": 0.0, "best_ap": -1.0,
                       "nonfinite_total": 0, "epoch_stats": _new_epoch_stats()}
@@ -130,6 +138,7 @@ class Trainer:
         self.report = RunReport(self.out) if self.dist.is_main else None
         self._last_metrics: dict[str, Any] | None = None
         self._last_dets: list[dict[str, Any]] = []
+        self._epoch_end_samples = 0
 
     # ------------------------------------------------------------------ setup
     def _find_resume(self, resume: bool | str | Path) -> dict[str, Any] | None:
@@ -328,8 +337,19 @@ class Trainer:
         stats = self.state["epoch_stats"]
         sums: dict[str, float] = defaultdict(float, stats["sums"])
         count, nonfinite_run, skipped = stats["count"], 0, stats["skipped"]
-        t0 = time.perf_counter() - stats["seconds"]
-        last_tick = t0
+        # t0 is shifted back by the seconds the epoch already had before a resume (its results.csv time);
+        # the run's `elapsed` already counts those seconds, so it only grows from now on
+        t0 = _clock() - stats["seconds"]
+        last_tick = _clock()
+        # Accumulation windows are counted from the epoch's start and the last one may be shorter: it steps at
+        # the epoch's end over the batches it has. So no gradient crosses an epoch boundary (an epoch-end
+        # checkpoint holds no pending gradient, and a resume restarts at a window's start: checkpoints are only
+        # written at window ends) and every batch is used; each window's loss is its mean over its batches.
+        n_batches = math.ceil(self.train_sampler.per_rank() / t.batch_size)
+        done = self.state["epoch_samples"] // t.batch_size  # all batches but the epoch's last are full
+        self.optimizer.zero_grad(set_to_none=True)
+        window_ok, pending, buffers = True, False, []
+        committed = (self.state["epoch_samples"], self.state["epoch_stats"])
         iterator = self.train_loader
         bar = None
         if self.progress and self.dist.is_main:
@@ -339,7 +359,15 @@ class Trainer:
                        dynamic_ncols=True, leave=True)
             iterator = bar
         lr = self.optimizer.param_groups[0]["lr"]
-        for micro, batch in enumerate(_until_loader_dies(iterator, stop), start=1):
+        for i, batch in enumerate(_until_loader_dies(iterator, stop), start=1):
+            micro = done + i
+            window_start = (micro - 1) // t.accumulate * t.accumulate  # batches of the epoch before this window
+            window = min(t.accumulate, n_batches - window_start)
+            boundary = micro - window_start >= window
+            if micro - 1 == window_start:
+                # a forward writes BatchNorm statistics (and any other buffer) before its loss is known: keep
+                # the window's starting values to put back if its step is skipped (buffers are small)
+                buffers = _snapshot_buffers(self.model)
             batch = batch.to(self.device)
             with autocast(self.device, t.amp):
                 outputs = self.ddp(batch.images, batch.masks, batch.targets)
@@ -348,31 +376,28 @@ class Trainer:
             loss_value = float(loss.detach())
             finite = not dist_utils.any_rank(not math.isfinite(loss_value), self.device)
             if finite:
-                self.scaler.scale(loss / t.accumulate).backward()
-            boundary = micro % t.accumulate == 0
+                self.scaler.scale(loss / window).backward()
+            window_ok = window_ok and finite
+            pending = not boundary
+            stepped = False
             if boundary:
-                if finite:
-                    self.scaler.unscale_(self.optimizer)
-                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                    norm = torch.nn.utils.clip_grad_norm_(params, t.clip_max_norm if t.clip_max_norm > 0 else
-                                                          float("inf"))
-                    finite = not dist_utils.any_rank(not bool(torch.isfinite(norm)), self.device)
-                if finite:
-                    lr = self.schedule.apply(self.optimizer, self.state["step"], self._progress(self.state["step"]))
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
+                if window_ok:
+                    stepped, lr = self._optimizer_step(lr)
+                if stepped:
                     if self.ema is not None:
                         self.ema.update_parameters(self.model)
                     self.state["step"] += 1
                     nonfinite_run = 0
                 else:
+                    _restore_buffers(buffers)
                     skipped += 1
                     nonfinite_run += 1
                     self.state["nonfinite_total"] += 1
                     warnings.warn(f"non-finite loss or gradient at step {self.state['step']}: step skipped "
                                   f"({nonfinite_run} in a row)", RuntimeWarning, stacklevel=1)
                 self.optimizer.zero_grad(set_to_none=True)
-            now = time.perf_counter()
+                window_ok = True
+            now = _clock()
             self.state["elapsed"] += now - last_tick
             last_tick = now
             self.state["epoch_samples"] += len(batch.targets)
@@ -381,16 +406,20 @@ class Trainer:
                 for k, v in losses.items():
                     sums[k] += float(v.detach())
             self.state["epoch_stats"] = {"sums": dict(sums), "count": count, "skipped": skipped,
-                                         "seconds": time.perf_counter() - t0}
+                                         "seconds": _clock() - t0}
+            if boundary:
+                committed = (self.state["epoch_samples"], self.state["epoch_stats"])
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
             elif self.dist.is_main and self.state["step"] % self.log_every == 0 and boundary:
                 print(f"epoch {epoch + 1} step {self.state['step']} loss {loss_value:.4f} lr {lr:.2e} "
                       f"elapsed {self.state['elapsed'] / 60:.1f} min", flush=True)
-            if self.report is not None and boundary and finite:
+            if self.report is not None and stepped:
                 self.report.scalar("train/loss", loss_value, self.state["step"])
                 self.report.scalar("train/lr", lr, self.state["step"])
             if nonfinite_run >= t.max_nonfinite_steps:
+                if bar is not None:
+                    bar.close()
                 print(f"error: {nonfinite_run} non-finite steps in a row: stopping; the last good checkpoint "
                       f"is {self.out / 'last.pt'} (try a lower train.lr or train.amp=none)", file=sys.stderr)
                 return "stopped: non-finite"
@@ -404,16 +433,44 @@ class Trainer:
             if boundary and self._out_of_time():
                 if bar is not None:
                     bar.close()
-                self._epoch_sums = (sums, count, skipped, time.perf_counter() - t0, lr)
+                self._epoch_sums = (sums, count, skipped, _clock() - t0, lr)
                 return "time budget mid-epoch"
         if bar is not None:
             bar.close()
         if dist_utils.any_rank(stop.requested, self.device):  # the loader ended early on a stop request
+            if pending:  # inside a window: its gradient is dropped, so a resume redoes its batches
+                _restore_buffers(buffers)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state["epoch_samples"], self.state["epoch_stats"] = committed
             return "interrupted"
-        self._epoch_sums = (sums, count, skipped, time.perf_counter() - t0, lr)
+        self._epoch_sums = (sums, count, skipped, _clock() - t0, lr)
         self.state["epoch"] += 1
+        self._epoch_end_samples = self.state["epoch_samples"]
         self.state["epoch_samples"] = 0
         return "epoch done"
+
+    def _optimizer_step(self, lr: float) -> tuple[bool, float]:
+        """Unscale, clip and step at the end of an accumulation window: (whether the optimizer stepped, lr).
+        False when the gradients are not finite. Under fp16 the GradScaler decides: unscale_, step and update
+        always run together (skipping update() left the scaler "unscaled" and the next unscale_() raised), its
+        step() skips the optimizer on inf / NaN gradients and update() backs the scale off."""
+        t = self.cfg.train
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        max_norm = t.clip_max_norm if t.clip_max_norm > 0 else float("inf")
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            lr = self.schedule.apply(self.optimizer, self.state["step"], self._progress(self.state["step"]))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return self.scaler.get_scale() >= scale, lr  # a lower scale: inf / NaN found, step skipped
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if dist_utils.any_rank(not bool(torch.isfinite(norm)), self.device):
+            return False, lr
+        lr = self.schedule.apply(self.optimizer, self.state["step"], self._progress(self.state["step"]))
+        self.optimizer.step()
+        return True, lr
 
     def _evaluate(self) -> dict[str, Any] | None:
         names = dict(zip(self.cfg.model.category_ids, self.cfg.model.class_names, strict=True))
@@ -532,6 +589,17 @@ def _until_loader_dies(iterator, stop: _StopFlag):
 
 def _new_epoch_stats() -> dict[str, Any]:
     return {"sums": {}, "count": 0, "skipped": 0, "seconds": 0.0}
+
+
+def _snapshot_buffers(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) of each of the model's buffers: BatchNorm statistics and counters."""
+    return [(b, b.detach().clone()) for b in model.buffers()]
+
+
+def _restore_buffers(snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for buffer, saved in snapshot:
+            buffer.copy_(saved)
 
 
 def float32_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
