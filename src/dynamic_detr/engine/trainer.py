@@ -20,13 +20,14 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import Config
+from ..config import Config, apply_overrides
 from ..errors import CheckpointError, ConfigError, UserError
 from ..fileio import remove_stale_temp_files
 from . import distributed as dist_utils
@@ -50,10 +51,12 @@ class TrainResult:
 
 
 class _StopFlag:
-    """SIGINT / SIGTERM ask the loop to stop after the current step and write a checkpoint."""
+    """SIGINT / SIGTERM ask the loop to stop after the current step (or evaluation) and write a checkpoint."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal_name = ""
+        self._announced = False
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -63,21 +66,30 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
+        # no I/O here: a print can land inside another write to the same stream (tqdm's bar) and raise
+        # "reentrant call"; the loop reports the request (`announce`)
         if self.requested:
             if signum == signal.SIGINT:  # a second Ctrl-C stops at once
                 raise KeyboardInterrupt
             return  # repeated SIGTERMs (e.g. a supervisor and its child both forwarding one): keep stopping
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
         self._quiet_worker_deaths()
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-              "(again to abort)", file=sys.stderr)
+
+    def announce(self) -> None:
+        """Say once, outside the signal handler, that a stop was requested."""
+        if self.requested and not self._announced:
+            self._announced = True
+            print(f"\n{self.signal_name or 'stop'}: stopping and saving a checkpoint (again to abort)",
+                  file=sys.stderr, flush=True)
 
     def _quiet_worker_deaths(self) -> None:
         """A signal sent to the whole process group (Ctrl-C in a terminal, `kill -TERM -PGID`) also ends the
         DataLoader workers, and torch's SIGCHLD handler then raises "DataLoader worker ... is killed by signal"
         wherever the main process happens to be, e.g. halfway through writing the checkpoint. Once a stop is
         requested the workers' death is expected: swallow that error (the loader itself still reports it at
-        its next batch, which `_until_loader_dies` turns into the end of the epoch)."""
+        its next batch, which `_until_loader_dies` turns into the end of the epoch and `_evaluate` into a
+        stop)."""
         sigchld = getattr(signal, "SIGCHLD", None)
         previous = signal.getsignal(sigchld) if sigchld is not None else None
         if not callable(previous):
@@ -100,12 +112,13 @@ class Trainer:
     """Train `cfg` on the COCO-format dataset at `data` and write everything to `out`.
 
     `epochs` / `minutes`: the budget (either or both; the run stops at whichever comes first).
-    `resume`: continue from `out/last.pt` (or from the given checkpoint / run folder).
+    `resume`: continue from `out/last.pt` (or from the given checkpoint / run folder) with the run's own config;
+    `overrides` (the command line's `key=value`s) then change only what `RESUME_OVERRIDABLE` lists.
     """
 
     def __init__(self, cfg: Config, data: Path, out: Path, *, epochs: int | None = None,
                  minutes: float | None = None, resume: bool | str | Path = False, device: str | None = None,
-                 log_every: int = 20, progress: bool | None = None) -> None:
+                 log_every: int = 20, progress: bool | None = None, overrides: Sequence[str] = ()) -> None:
         self.dist = dist_utils.init_distributed(device)
         self.device = self.dist.device
         self.data_root = Path(data)
@@ -115,7 +128,9 @@ class Trainer:
         resume_state = self._find_resume(resume)
         if resume_state is not None:
             saved = Config.from_dict(resume_state["config"], source="checkpoint config")
-            cfg = saved  # the run's own config wins: a resumed run is the same run
+            cfg, applied = resume_config(saved, overrides)  # a resumed run is the same run: its own config
+            if applied and self.dist.is_main:
+                print(f"resume: applied {', '.join(applied)} (the rest of the config is the run's own)", flush=True)
         if epochs is not None:
             cfg.train.epochs = epochs
         self.minutes = minutes if minutes is not None else (resume_state or {}).get("minutes")
@@ -305,22 +320,31 @@ class Trainer:
         with _StopFlag() as stop:
             while self.state["epoch"] < t.epochs:
                 status = self._train_epoch(stop)
-                if status not in ("epoch done",):
+                if status not in ("epoch done", "time budget mid-epoch"):
                     break
+                if status == "time budget mid-epoch":  # stopped inside an epoch: record it as a (partial) epoch
+                    self._close_epoch()
                 epoch = self.state["epoch"]
                 last = epoch >= t.epochs or self._out_of_time()
-                metrics = self._evaluate() if (epoch % t.eval_every == 0 or last) else None
+                try:
+                    metrics = self._evaluate(stop) if (epoch % t.eval_every == 0 or last) else None
+                except _EvalInterrupted:
+                    # keep the epoch's training: checkpoint it as trained but not ended (its samples seen, its
+                    # loss sums kept), so that a resume evaluates it and writes its results.csv row
+                    self.state["epoch"] -= 1
+                    self.state["epoch_samples"] = self._epoch_end_samples
+                    status = "interrupted"
+                    break
                 self._end_epoch(metrics)
-                status = "finished"
                 if self._out_of_time():
                     status = "time budget"
                     break
-            if status == "time budget mid-epoch":  # stopped inside an epoch: record it as a (partial) epoch
-                self.state["epoch"] += 1
-                self.state["epoch_samples"] = 0
-                self._end_epoch(self._evaluate())
-                status = "time budget"
-            elif status in ("interrupted", "stopped: non-finite"):
+                status = "finished"
+                if self.state["epoch"] < t.epochs and dist_utils.any_rank(stop.requested, self.device):
+                    status = "interrupted"  # requested during the evaluation, which finished: the epoch is saved
+                    break
+            if status in ("interrupted", "stopped: non-finite"):
+                stop.announce()
                 self.save()
         metrics = self._write_final_metrics() if status in ("finished", "time budget") else None
         if self.report is not None:
@@ -409,6 +433,7 @@ class Trainer:
                                          "seconds": _clock() - t0}
             if boundary:
                 committed = (self.state["epoch_samples"], self.state["epoch_stats"])
+            stop.announce()
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
             elif self.dist.is_main and self.state["step"] % self.log_every == 0 and boundary:
@@ -444,10 +469,14 @@ class Trainer:
                 self.state["epoch_samples"], self.state["epoch_stats"] = committed
             return "interrupted"
         self._epoch_sums = (sums, count, skipped, _clock() - t0, lr)
+        self._close_epoch()
+        return "epoch done"
+
+    def _close_epoch(self) -> None:
+        """Count the epoch as done (its samples seen so far are kept for `fit` to reopen it)."""
         self.state["epoch"] += 1
         self._epoch_end_samples = self.state["epoch_samples"]
         self.state["epoch_samples"] = 0
-        return "epoch done"
 
     def _optimizer_step(self, lr: float) -> tuple[bool, float]:
         """Unscale, clip and step at the end of an accumulation window: (whether the optimizer stepped, lr).
@@ -472,16 +501,27 @@ class Trainer:
         self.optimizer.step()
         return True, lr
 
-    def _evaluate(self) -> dict[str, Any] | None:
+    def _evaluate(self, stop: _StopFlag | None = None) -> dict[str, Any] | None:
+        """COCO metrics of the model (led by its EMA's when EMA is on). A stop request meanwhile raises
+        `_EvalInterrupted`: at the next batch in a single process; in a distributed run (every rank must reach
+        the evaluation's collectives) only when the signal killed the loader's workers."""
         names = dict(zip(self.cfg.model.category_ids, self.cfg.model.class_names, strict=True))
         gt = self.val_set.coco_gt()
-        metrics, dets = evaluate_model(self.model, self.val_loader, gt, names, self.device, self.cfg.train.amp)
-        if self.ema is not None:
-            ema_metrics, ema_dets = evaluate_model(self.ema.module, self.val_loader, gt, names, self.device,
-                                                   self.cfg.train.amp)
-            if metrics is not None:
-                ema_metrics["raw"] = {k: metrics[k] for k in AP_KEYS}
-                metrics, dets = ema_metrics, ema_dets
+        loader = self.val_loader
+        if stop is not None and not self.dist.distributed:
+            loader = _StopAwareLoader(loader, stop)
+        amp = self.cfg.train.amp
+        try:
+            metrics, dets = evaluate_model(self.model, loader, gt, names, self.device, amp)
+            if self.ema is not None:
+                ema_metrics, ema_dets = evaluate_model(self.ema.module, loader, gt, names, self.device, amp)
+        except RuntimeError:  # "DataLoader worker ... is killed by signal" once a stop is requested
+            if stop is None or not stop.requested:
+                raise
+            raise _EvalInterrupted from None
+        if self.ema is not None and metrics is not None:  # the other ranks get None
+            ema_metrics["raw"] = {k: metrics[k] for k in AP_KEYS}
+            metrics, dets = ema_metrics, ema_dets
         self._last_dets = dets
         return metrics
 
@@ -570,6 +610,39 @@ def param_groups(model: torch.nn.Module, t: Any) -> list[dict[str, Any]]:
     return [{"params": rest, "lr": t.lr, "name": "rest"}, *extra]
 
 
+RESUME_OVERRIDABLE = ("train.epochs", "train.eval_every", "train.checkpoint_every", "train.max_nonfinite_steps",
+                      "data.num_workers")
+"""Config keys that a resumed run takes from the command line: the budget, how often to evaluate and checkpoint,
+the non-finite patience, the loader's workers. Any other change (model, data geometry, optimisation, batch size,
+seed) would make a different run from the checkpointed one."""
+
+
+def resume_config(saved: Config, overrides: Sequence[str]) -> tuple[Config, list[str]]:
+    """The checkpointed config of a resumed run with the command line's `key=value` overrides applied, and the
+    overrides that changed it. Ones that repeat the run's values are ignored (the first command again, plus
+    `--resume`); changing a key outside `RESUME_OVERRIDABLE` is a one-line ConfigError naming the keys."""
+    if not overrides:
+        return saved, []
+    new = apply_overrides(saved, list(overrides))
+    before, after = saved.to_dict(), new.to_dict()
+    changed: dict[str, str] = {}  # key -> its override
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if _lookup(before, key) != _lookup(after, key):
+            changed[key] = item.strip()
+    refused = [k for k in changed if k not in RESUME_OVERRIDABLE]
+    if refused:
+        raise ConfigError(f"--resume cannot change {', '.join(refused)} (a resumed run keeps its config except "
+                          f"{', '.join(RESUME_OVERRIDABLE)}); start a new run with another --out for that")
+    return new, list(changed.values())
+
+
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
 def _until_loader_dies(iterator, stop: _StopFlag):
     """Batches from `iterator`; if a DataLoader worker dies *because a stop was requested* (a signal sent to
     the whole process group, e.g. Ctrl-C or `kill -TERM -PGID`), end the epoch quietly so that the stop path
@@ -585,6 +658,27 @@ def _until_loader_dies(iterator, stop: _StopFlag):
                 return
             raise
         yield batch
+
+
+class _EvalInterrupted(Exception):
+    """A stop request cut an evaluation short (its metrics would be partial: none are reported)."""
+
+
+class _StopAwareLoader:
+    """The batches of `loader`, raising `_EvalInterrupted` at the next one once a stop is requested."""
+
+    def __init__(self, loader, stop: _StopFlag) -> None:
+        self.loader = loader
+        self.stop = stop
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.stop.requested:
+                raise _EvalInterrupted
+            yield batch
 
 
 def _new_epoch_stats() -> dict[str, Any]:
