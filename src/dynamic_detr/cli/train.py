@@ -18,7 +18,9 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs (default: train.epochs of the config)")
     p.add_argument("--minutes", type=float, help="training time budget; stops at whichever budget ends first")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
-                   help="continue the run in --out (or the given run folder / checkpoint) where it stopped")
+                   help="continue the run in --out (or the given run folder / checkpoint) where it stopped, "
+                        "with its own config: overrides may change only train.epochs, eval_every, "
+                        "checkpoint_every, max_nonfinite_steps and data.num_workers")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.set_defaults(func=run)
 
@@ -32,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.resume) if args.resume not in (False, True) else Path("runs") / cfg.name
         if out.suffix == ".pt":
             out = out.parent
+    # on --resume the run's own config is used; its overrides may change only the budget and the like
     trainer = Trainer(cfg, args.data, out, epochs=args.epochs, minutes=args.minutes, resume=args.resume,
-                      device=args.device)
+                      device=args.device, overrides=list(args.overrides or []))
     result = trainer.fit()
     if trainer.dist.is_main:
         print(f"{result.status} after {result.epochs_done} epoch(s); run folder: {result.out}")
