@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from dynamic_detr.cli.main import main
 from dynamic_detr.config import get_preset
 from dynamic_detr.engine.predictor import Predictor
 from dynamic_detr.model import DynamicDETR
@@ -134,3 +135,22 @@ def test_malformed_image_bytes_reported_and_run_continues(model_dir, tmp_path_fa
 
 
 _MODEL: dict = {}
+
+
+def test_extreme_aspect_ratio_reported_and_run_continues(model_dir, tmp_path, capsys):
+    """Issue 11: a 1x1000 image resized to 0 px and `predict` crashed. Now it is named, counted, skipped;
+    an image at the 100:1 limit (resized to 1 x 192 px here) is still predicted."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_ok.png").write_bytes(_PNG.getvalue())
+    Image.new("RGB", (1, 1000), (200, 200, 200)).save(folder / "b_strip.png")
+    Image.new("RGB", (200, 2), (200, 200, 200)).save(folder / "c_limit.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(model_dir), "--device", "cpu", "--out", str(out),
+                 str(folder)]) == 1  # 1: an input was skipped
+    text = capsys.readouterr().out
+    assert "2 image(s)" in text and "1 input(s) skipped" in text
+    assert f"{folder / 'b_strip.png'}: a 1x1000 image: aspect ratio 1000:1 exceeds the 100:1 limit; skipped" in text
+    assert sorted(p.name for p in out.glob("*.json")) == ["a_ok.json", "c_limit.json"]
+    limit = json.loads((out / "c_limit.json").read_text())
+    assert (limit["width"], limit["height"]) == (200, 2)

@@ -12,8 +12,8 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="detect objects in images or folders of images",
                        description="Run a trained model on images. For every input, OUT/<name>.png has the "
                                    "boxes drawn and OUT/<name>.json the detections (xyxy pixels, score, "
-                                   "category). Unreadable images are reported and skipped; the exit code "
-                                   "is 1 when any input was skipped.")
+                                   "category). Unreadable images and images with an aspect ratio over 100:1 "
+                                   "are reported and skipped; the exit code is 1 when any input was skipped.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
     p.add_argument("--checkpoint", required=True, type=Path, help="run folder, .pt checkpoint or .safetensors")
     p.add_argument("--out", required=True, type=Path, help="output folder")

@@ -1,8 +1,9 @@
 """COCO-format detection dataset: `DIR/annotations/instances_<split>.json`, images under `DIR/<split>/`.
 
 Validation (what stops, what is skipped) is `records.load_records`; see docs/data.md for the policy.
-Pixels are read lazily in `__getitem__`; a file that fails to decode there is replaced by the next
-readable sample (counted in `load_failures`, warned once) so that a long run never dies on one bad file.
+Pixels are read lazily in `__getitem__`; a file that fails to decode there (or decodes to an aspect ratio over
+`records.MAX_ASPECT_RATIO`:1) is replaced by the next readable sample (counted in `load_failures`, warned once)
+so that a long run never dies on one bad file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torchvision import tv_tensors
 
 from ..errors import DatasetError
 from .image_io import ImageReadError, read_image
-from .records import Records, load_records
+from .records import Records, aspect_problem, load_records
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ _SKIP_KINDS = {
     "unknown_image": "annotations of unknown images",
     "unsafe_path": "images whose file_name escapes the image folder",
     "missing_file": "images whose file is missing",
+    "extreme_aspect": "images with an extreme aspect ratio",
     "clipped_box": "boxes clipped to their image",
 }
 
@@ -116,6 +118,9 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.records.image_path(info)
         image = read_image(path)
         h, w = image.shape[-2:]
+        problem = aspect_problem(w, h)
+        if problem:  # the JSON's size passed validation, the file's does not
+            raise ImageReadError(f"{path}: {problem} (image {info['id']})")
         boxes, labels = self._target_arrays(info)
         if (w, h) != (info["width"], info["height"]):
             # the JSON disagrees with the (upright) file: keep the file's frame, clamp, drop empty boxes

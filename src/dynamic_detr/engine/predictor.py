@@ -1,4 +1,6 @@
-"""Inference on image files: stream, batch, postprocess, draw, and write per-file JSON (memory stays bounded)."""
+"""Inference on image files: stream, batch, postprocess, draw, and write per-file JSON (memory stays bounded).
+
+Bad inputs (files that do not decode, images over `records.MAX_ASPECT_RATIO`:1) are reported and skipped."""
 
 from __future__ import annotations
 
@@ -46,14 +48,22 @@ class Predictor:
 
     def _read(self, files: list[Path], failed: list[str]) -> Iterator[tuple[Path, torch.Tensor]]:
         from ..data.image_io import read_image
+        from ..data.records import aspect_problem
 
         for path in files:
             try:
-                yield path, torch.Tensor.as_subclass(read_image(path), torch.Tensor)
+                image = read_image(path)
             except UserError as e:
                 failed.append(str(e))
+                continue
             except MemoryError:
                 failed.append(f"{path}: image too large to decode in memory")
+                continue
+            problem = aspect_problem(int(image.shape[-1]), int(image.shape[-2]))
+            if problem:
+                failed.append(f"{path}: {problem}; skipped")
+                continue
+            yield path, torch.Tensor.as_subclass(image, torch.Tensor)
 
     def predict_files(self, files: list[Path], out: Path, threshold: float,
                       batch_size: int = 4) -> tuple[int, int, list[str]]:
