@@ -203,6 +203,25 @@ def test_undecodable_image_substituted_and_reported(coco_writer, damage, reason:
     assert report.errors == [f"{path}: cannot decode image ({reason}) (image 1)"]
 
 
+def test_stand_in_keeps_its_own_target_and_names_the_failed_image(coco_writer) -> None:
+    """Training may serve another sample for an undecodable one, but with that sample's own target; the
+    failure rides along in `unreadable` so that evaluation can drop the stand-in (tests/data/test_data_collate)."""
+    root = coco_writer(images=[image(1), image(2), image(3)],
+                       annotations=[ann(5, 2, [1, 1, 4, 4]), ann(6, 3, [2, 2, 8, 8])])
+    bad = root / "train" / "0001.png"
+    bad.write_text("hello, not an image")
+    ds, _ = _load_quietly(root)
+    with pytest.warns(DatasetWarning, match="replaced by another sample"):
+        _, stand_in = ds[0]
+    _, own = ds[1]
+    assert stand_in["image_id"] == own["image_id"] == 2
+    assert stand_in["boxes"].tolist() == own["boxes"].tolist() == [[1.0, 1.0, 5.0, 5.0]]
+    assert stand_in["labels"].tolist() == own["labels"].tolist() == [0]
+    assert stand_in["unreadable"] == [
+        (1, f"{bad}: cannot decode image (not an image file, or an unsupported format)")]
+    assert "unreadable" not in own
+
+
 def test_extreme_aspect_ratio_image_refused(coco_writer) -> None:
     """A 1 x 1000 image would resize to a 1 px sliver (0 px before the resize was clamped): refused at load
     like a missing file, with its annotations; 100:1 (the limit) is kept."""
