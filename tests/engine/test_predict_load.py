@@ -21,6 +21,7 @@ from PIL import Image
 from dynamic_detr.cli.main import main
 from dynamic_detr.config import get_preset
 from dynamic_detr.engine.predictor import Predictor
+from dynamic_detr.errors import UserError
 from dynamic_detr.model import DynamicDETR
 
 N_IMAGES = 1000  # the issue's load: 100 corrupt, 4 huge, the rest tiny, gray, RGBA, palette, 16-bit, RGB
@@ -129,12 +130,20 @@ def test_malformed_image_bytes_reported_and_run_continues(model_dir, tmp_path_fa
     (folder / "1.png").write_bytes(data)
     (folder / "2.png").write_bytes(_PNG.getvalue())
     files = [folder / f"{i}.png" for i in range(3)]
-    n_ok, _, failed = Predictor(model, cfg, torch.device("cpu")).predict_files(files, folder, 0.5, batch_size=2)
+    out = folder / "out"  # not the input folder: that is refused (drawings would overwrite the inputs)
+    out.mkdir()
+    n_ok, _, failed = Predictor(model, cfg, torch.device("cpu")).predict_files(files, out, 0.5, batch_size=2)
     assert n_ok + len(failed) == 3 and n_ok >= 2
     assert all("1.png" in m and "\n" not in m for m in failed)
 
 
 _MODEL: dict = {}
+
+
+def _cached_model(model_dir: Path):
+    from dynamic_detr.engine.loading import load_model
+
+    return _MODEL.get("m") or _MODEL.setdefault("m", load_model(model_dir))
 
 
 def test_extreme_aspect_ratio_reported_and_run_continues(model_dir, tmp_path, capsys):
@@ -154,3 +163,30 @@ def test_extreme_aspect_ratio_reported_and_run_continues(model_dir, tmp_path, ca
     assert sorted(p.name for p in out.glob("*.json")) == ["a_ok.json", "c_limit.json"]
     limit = json.loads((out / "c_limit.json").read_text())
     assert (limit["width"], limit["height"]) == (200, 2)
+
+
+def test_output_folder_holding_inputs_is_refused(model_dir, tmp_path, capsys):
+    """Issue 11: `--out` = the input folder overwrote a.png with its drawn copy. Refused, inputs untouched;
+    the same folder reached through a symlink too; a sub-folder is fine."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(_PNG.getvalue())
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    model, cfg = _cached_model(model_dir)
+    files = sorted(folder.iterdir())
+    with pytest.raises(UserError, match="holds the input"):
+        Predictor(model, cfg, torch.device("cpu")).predict_files(files, folder, 0.5)
+    link = tmp_path / "link"
+    link.symlink_to(folder, target_is_directory=True)
+    for out, inputs in ((folder, [folder]), (link, [folder / "a.png"]), (folder, [link / "b.png"])):
+        assert main(["predict", "--checkpoint", str(model_dir), "--device", "cpu", "--out", str(out),
+                     *map(str, inputs)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {out}: the output folder holds the input") and "--out" in err, err
+        assert "\n" not in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert main(["predict", "--checkpoint", str(model_dir), "--device", "cpu", "--out", str(folder / "pred"),
+                 str(folder)]) == 0
+    assert sorted(p.name for p in (folder / "pred").iterdir()) == ["a.json", "a.png", "b.json", "b.png"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
