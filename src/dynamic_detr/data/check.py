@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .image_io import ImageProbe, ImageReadError, probe_image
-from .records import load_records
+from .records import aspect_problem, load_records
 
 SMALL, MEDIUM = 32**2, 96**2
 """COCO area thresholds: small < 32^2 <= medium < 96^2 <= large."""
@@ -116,6 +116,9 @@ def check_dataset(root: Path | str, split: str, *, decode: bool = True, workers:
                 report.warnings.append(
                     f"{path}: image is {res.width}x{res.height}{rotated} but {records.ann_file.name} says "
                     f"{img['width']}x{img['height']} (image {img['id']}); boxes are clamped to the file")
+            problem = aspect_problem(res.width, res.height)
+            if problem:  # the JSON's size passed validation, the file's does not: the dataset skips it
+                report.errors.append(f"{path}: {problem} (image {img['id']}); not usable")
 
     # ---- statistics over what the dataset serves
     names = {c["id"]: c["name"] for c in records.categories}

@@ -1,8 +1,11 @@
 """COCO-format detection dataset: `DIR/annotations/instances_<split>.json`, images under `DIR/<split>/`.
 
 Validation (what stops, what is skipped) is `records.load_records`; see docs/data.md for the policy.
-Pixels are read lazily in `__getitem__`; a file that fails to decode there is replaced by the next
-readable sample (counted in `load_failures`, warned once) so that a long run never dies on one bad file.
+Pixels are read lazily in `__getitem__`; a file that fails to decode there (or decodes to an aspect ratio over
+`records.MAX_ASPECT_RATIO`:1) is replaced by the next readable sample, which keeps its own target and lists the
+failures in `target["unreadable"]` (counted in `load_failures`, warned once), so that a long run never dies on one
+bad file. The evaluation collate drops such a stand-in (served again at its own index) and reports the failed
+image instead, so evaluation skips it rather than scoring another image twice.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torchvision import tv_tensors
 
 from ..errors import DatasetError
 from .image_io import ImageReadError, read_image
-from .records import Records, load_records
+from .records import Records, aspect_problem, load_records
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ _SKIP_KINDS = {
     "unknown_image": "annotations of unknown images",
     "unsafe_path": "images whose file_name escapes the image folder",
     "missing_file": "images whose file is missing",
+    "extreme_aspect": "images with an extreme aspect ratio",
     "clipped_box": "boxes clipped to their image",
 }
 
@@ -46,6 +50,8 @@ class CocoDetection(torch.utils.data.Dataset):
     `transforms`; target `boxes` `tv_tensors.BoundingBoxes` [N, 4] XYXY absolute pixels (float32),
     `labels` int64 [N] in 0..C-1, `image_id` int (the dataset's id), `orig_size` int64 [2] = (h, w) of the
     decoded file. Crowd annotations (`iscrowd=1`) are not training targets (DETR) but stay in `coco_gt()`.
+    A sample served in place of undecodable images keeps its own target plus `unreadable`: [(image id,
+    message naming the file)] of the images it stands in for.
 
     Attributes: `category_ids[label] = dataset category id`, `class_names[label]`, `cat_id_to_label`,
     `image_ids` (in serving order), `records` (the validated `Records`).
@@ -98,13 +104,17 @@ class CocoDetection(torch.utils.data.Dataset):
                 index += n
             else:
                 raise IndexError(f"index {index} out of range for {n} images")
+        failed: list[tuple[int, str]] = []
         for attempt in range(n):
             i = (index + attempt) % n
             try:
                 image, target = self._load(i)
             except ImageReadError as e:
                 self._note_failure(str(e))
+                failed.append((int(self.records.images[i]["id"]), str(e)))
                 continue
+            if failed:  # a stand-in with its own target; the eval collate drops it and reports `failed`
+                target["unreadable"] = failed
             if self.transforms is not None:
                 image, target = self.transforms(image, target)
             return image, target
@@ -116,6 +126,9 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.records.image_path(info)
         image = read_image(path)
         h, w = image.shape[-2:]
+        problem = aspect_problem(w, h)
+        if problem:  # the JSON's size passed validation, the file's does not
+            raise ImageReadError(f"{path}: {problem} (image {info['id']})")
         boxes, labels = self._target_arrays(info)
         if (w, h) != (info["width"], info["height"]):
             # the JSON disagrees with the (upright) file: keep the file's frame, clamp, drop empty boxes

@@ -6,8 +6,9 @@
   naming an unknown category, no usable image) raise `DatasetError` when `strict`, and are recorded as
   errors (and repaired as well as possible, e.g. keep the first of two duplicate ids) otherwise;
 * per-record problems (bad box, annotation of an unknown image, a `file_name` escaping the image folder,
-  a missing image file) drop that record and are recorded as `Issue`s; a box partly outside its image is
-  clipped. The dataset turns the issues into one summary warning, `data check` prints them all.
+  a missing image file, an image over `MAX_ASPECT_RATIO`:1) drop that record and are recorded as `Issue`s;
+  a box partly outside its image is clipped. The dataset turns the issues into one summary warning, `data
+  check` prints them all.
 
 The policy table lives in docs/data.md.
 """
@@ -28,6 +29,12 @@ from ..errors import DatasetError
 CLIP_TOLERANCE = 1.0
 """Boxes leaving their image by at most this many pixels are clipped silently (COCO has many such
 boxes from float rounding); beyond it the clip is reported."""
+
+MAX_ASPECT_RATIO = 100
+"""Images whose long side is more than this many times their short side are bad input (refused by the dataset,
+skipped by `predict`): resized to the model's input size (long side capped) their short side is a few pixels at
+most; a 1 x 1000 strip at `cpu_small`'s 288 px cap would get 0.29 px (floored to 0 and crashed before the
+resize was clamped to >= 1 px). 100:1 still admits panoramas and long thin scans."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,15 @@ def box_problem(bbox: Any) -> str | None:
     return None
 
 
+def aspect_problem(width: int, height: int) -> str | None:
+    """Why an image of this size is unusable (long side over `MAX_ASPECT_RATIO` x the short one), or None."""
+    short, long = min(width, height), max(width, height)
+    if long > MAX_ASPECT_RATIO * short:
+        ratio = f"{long / short:g}" if short > 0 else "infinite"
+        return f"a {width}x{height} image: aspect ratio {ratio}:1 exceeds the {MAX_ASPECT_RATIO}:1 limit"
+    return None
+
+
 def clip_box(bbox: list[float], width: int, height: int) -> tuple[list[float] | None, float]:
     """Clip [x, y, w, h] to the image. Returns (clipped box or None if nothing is left, overshoot in px)."""
     x0, y0, x1, y1 = bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]
@@ -250,6 +266,11 @@ def _validate_images(raw: list[Any], v: _Validator, img_dir: Path,
         reason = unsafe_path_reason(name)
         if reason:
             v.skip("unsafe_path", f"{where}: image {iid}: file_name '{name}' {reason}; image refused")
+            refused.add(iid)
+            continue
+        problem = aspect_problem(w, h)
+        if problem:
+            v.skip("extreme_aspect", f"{img_dir / name}: {problem} (image {iid}); image refused")
             refused.add(iid)
             continue
         images[iid] = dict(img)

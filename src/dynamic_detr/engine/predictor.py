@@ -1,4 +1,7 @@
-"""Inference on image files: stream, batch, postprocess, draw, and write per-file JSON (memory stays bounded)."""
+"""Inference on image files: stream, batch, postprocess, draw, and write per-file JSON (memory stays bounded).
+
+Bad inputs (files that do not decode, images over `records.MAX_ASPECT_RATIO`:1) are reported and skipped; an
+output folder that holds any input is refused, so drawn copies never overwrite (or mix with) the inputs."""
 
 from __future__ import annotations
 
@@ -46,21 +49,31 @@ class Predictor:
 
     def _read(self, files: list[Path], failed: list[str]) -> Iterator[tuple[Path, torch.Tensor]]:
         from ..data.image_io import read_image
+        from ..data.records import aspect_problem
 
         for path in files:
             try:
-                yield path, torch.Tensor.as_subclass(read_image(path), torch.Tensor)
+                image = read_image(path)
             except UserError as e:
                 failed.append(str(e))
+                continue
             except MemoryError:
                 failed.append(f"{path}: image too large to decode in memory")
+                continue
+            problem = aspect_problem(int(image.shape[-1]), int(image.shape[-2]))
+            if problem:
+                failed.append(f"{path}: {problem}; skipped")
+                continue
+            yield path, torch.Tensor.as_subclass(image, torch.Tensor)
 
     def predict_files(self, files: list[Path], out: Path, threshold: float,
                       batch_size: int = 4) -> tuple[int, int, list[str]]:
         """Write `out/<stem>.png` (drawn) and `out/<stem>.json` per file; returns (images done, detections
-        written, messages for skipped files). Only `batch_size` decoded images are held at a time."""
+        written, messages for skipped files). Only `batch_size` decoded images are held at a time.
+        Raises UserError when `out` holds any of `files` (`check_output_folder`)."""
         from PIL import Image
 
+        check_output_folder(files, out)
         failed: list[str] = []
         used: set[str] = set()
         n_ok = n_dets = 0
@@ -90,6 +103,26 @@ class Predictor:
         if chunk:
             flush()
         return n_ok, n_dets, failed
+
+
+def check_output_folder(files: list[Path], out: Path) -> None:
+    """Refuse an output folder that holds any input file: `<stem>.png` drawings would overwrite inputs of
+    that name, and a later run over the folder would read the drawings back as inputs."""
+    if not out.is_dir():
+        return  # a folder that does not exist yet holds nothing
+    seen: set[Path] = set()
+    for path in files:
+        for parent in (path.parent, path.resolve().parent):  # as given, and behind symlinks
+            if parent in seen:
+                continue
+            seen.add(parent)
+            try:
+                same = parent.samefile(out)  # also through symlinks and case-insensitive names
+            except OSError:
+                continue
+            if same:
+                raise UserError(f"{out}: the output folder holds the input {path}; drawn copies would overwrite "
+                                "or mix with the inputs: choose another --out")
 
 
 def _detection(box: torch.Tensor, score: torch.Tensor, label: torch.Tensor, names: dict[int, str]) -> dict:
