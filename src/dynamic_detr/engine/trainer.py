@@ -30,7 +30,7 @@ from ..config import Config
 from ..errors import CheckpointError, ConfigError, UserError
 from ..fileio import remove_stale_temp_files
 from . import distributed as dist_utils
-from .checkpoint import check_compatible, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import check_compatible, check_training_state, load_checkpoint, save_checkpoint, save_weights
 from .inference import autocast, evaluate_model
 from .report import AP_KEYS, RunReport, atomic_write_json
 from .sampler import ResumableSampler, SeededDataset
@@ -146,8 +146,7 @@ class Trainer:
                 return None
             raise CheckpointError(f"{path}: no checkpoint to resume from")
         state = load_checkpoint(path)
-        if "optimizer" not in state:
-            raise CheckpointError(f"{path}: holds weights only, not a training state; cannot resume from it")
+        check_training_state(state, path)  # a one-line CheckpointError for a malformed or weights-only file
         return state
 
     @staticmethod
