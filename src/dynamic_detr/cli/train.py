@@ -24,6 +24,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.distributed import process_group_scope
     from ..engine.trainer import Trainer
 
     cfg = resolve_config(args)
@@ -32,9 +33,10 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.resume) if args.resume not in (False, True) else Path("runs") / cfg.name
         if out.suffix == ".pt":
             out = out.parent
-    trainer = Trainer(cfg, args.data, out, epochs=args.epochs, minutes=args.minutes, resume=args.resume,
-                      device=args.device)
-    result = trainer.fit()
+    with process_group_scope():  # under torchrun: leave the process group at the end, also on an error
+        trainer = Trainer(cfg, args.data, out, epochs=args.epochs, minutes=args.minutes, resume=args.resume,
+                          device=args.device)
+        result = trainer.fit()
     if trainer.dist.is_main:
         print(f"{result.status} after {result.epochs_done} epoch(s); run folder: {result.out}")
         if result.metrics:
