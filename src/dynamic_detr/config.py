@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 
 @dataclass
@@ -265,7 +266,8 @@ class Config:
         return cfg
 
     def dump(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the config as YAML, atomically (a crash leaves the previous file, never half of one)."""
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def validate(self, source: str = "config") -> None:
         """Cross-field checks; raises ConfigError naming the field."""
@@ -372,15 +374,47 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping."""
+
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {key!r} at line {line}")
+        self.key, self.line = key, line
+
+
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` (no Python tags, no object construction) that refuses a key given twice in one
+    mapping: PyYAML would silently keep the last value. Merge keys (`<<: *anchor`) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> Config:
-    """Load a YAML config (safe_load; unknown keys are errors with a suggestion)."""
+    """Load a YAML config (safe loader; a key given twice and unknown keys are errors, the latter with a
+    suggestion)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeySafeLoader)  # a SafeLoader: as safe as yaml.safe_load
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}: {e} (each key may appear once per section)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     return Config.from_dict(data or {}, source=str(path))

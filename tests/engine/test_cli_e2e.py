@@ -31,20 +31,43 @@ def test_train_writes_run_folder(trained):
     assert "num_classes: 6" in cfg and "eval_short_side: 128" in cfg
 
 
+def _same_metric(a, b) -> bool:
+    """Equal AP values (JSON null for an undefined one), up to float noise far below what a bug changes."""
+    return (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= 1e-3)
+
+
 def test_eval_writes_metrics_and_detections(trained, tmp_path, capsys):
+    """`eval` of the run folder (best.pt = the weights of the only epoch) on the val split reproduces the
+    trainer's own final evaluation (metrics.json), and its saved detections give back its metrics."""
+    from dynamic_detr.data.coco import CocoDetection
+    from dynamic_detr.engine.evaluate import CocoEvaluator
+
     data, run = trained
     code = main(["eval", "--checkpoint", str(run), "--data", str(data), "--out", str(tmp_path / "m.json"),
                  "--save-detections", str(tmp_path / "dets.json"), "--workers", "0"])
     assert code == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
-    assert len(metrics["per_class"]) == 6
+    trainer_metrics = json.loads((run / "metrics.json").read_text())
+    assert trainer_metrics["epoch"] == 1 and trainer_metrics["weights"] == "raw"
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert _same_metric(metrics[key], trainer_metrics[key]), (key, metrics[key], trainer_metrics[key])
+    assert metrics["per_class"].keys() == trainer_metrics["per_class"].keys() and len(metrics["per_class"]) == 6
+    for name, ap in metrics["per_class"].items():
+        assert _same_metric(ap, trainer_metrics["per_class"][name]), (name, ap, trainer_metrics["per_class"][name])
     dets = json.loads((tmp_path / "dets.json").read_text())
     gt = json.loads((data / "annotations" / "instances_val.json").read_text())
-    assert {d["image_id"] for d in dets} <= {im["id"] for im in gt["images"]}
+    assert dets and {d["image_id"] for d in dets} <= {im["id"] for im in gt["images"]}
     assert {d["category_id"] for d in dets} <= {c["id"] for c in gt["categories"]}
-    assert all(len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 for d in dets)
-    assert "AP50" in capsys.readouterr().out
+    assert all(len(d["bbox"]) == 4 and d["bbox"][2] >= 0 and d["bbox"][3] >= 0 and 0 <= d["score"] <= 1
+               for d in dets)
+    evaluator = CocoEvaluator(CocoDetection(data, "val").coco_gt())
+    evaluator.update(dets)
+    again = evaluator.summarize()  # the saved detections are the ones the metrics were computed from
+    assert again["AP"] == pytest.approx(metrics["AP"], abs=1e-9)
+    assert again["AP50"] == pytest.approx(metrics["AP50"], abs=1e-9)
+    printed = capsys.readouterr().out
+    assert f"{metrics['AP']:.1f}" in printed and "AP50" in printed
 
 
 def test_predict_draws_and_writes_json(trained, tmp_path, capsys):

@@ -26,6 +26,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.distributed import process_group_scope
     from ..engine.trainer import Trainer
 
     cfg = resolve_config(args)
@@ -35,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
         if out.suffix == ".pt":
             out = out.parent
     # on --resume the run's own config is used; its overrides may change only the budget and the like
-    trainer = Trainer(cfg, args.data, out, epochs=args.epochs, minutes=args.minutes, resume=args.resume,
-                      device=args.device, overrides=list(args.overrides or []))
-    result = trainer.fit()
+    with process_group_scope():  # under torchrun: leave the process group at the end, also on an error
+        trainer = Trainer(cfg, args.data, out, epochs=args.epochs, minutes=args.minutes, resume=args.resume,
+                          device=args.device, overrides=list(args.overrides or []))
+        result = trainer.fit()
     if trainer.dist.is_main:
         print(f"{result.status} after {result.epochs_done} epoch(s); run folder: {result.out}")
         if result.metrics:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .checkpoint import check_compatible, load_checkpoint, load_weights
 
 
@@ -43,7 +43,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", prefer_ema:
         except json.JSONDecodeError:
             raise CheckpointError(f"{path}: config is not valid JSON") from None
     else:
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path)  # also checks that `model` and `ema` (when present) map names to tensors
         cfg_dict = ckpt.get("config")
         if not isinstance(cfg_dict, dict):
             raise CheckpointError(f"{path}: checkpoint holds no config")
@@ -51,7 +51,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", prefer_ema:
         if prefer_ema and ckpt.get("ema"):
             prefix = "module."
             state = {k[len(prefix):]: v for k, v in ckpt["ema"].items() if k.startswith(prefix)}
-    cfg = Config.from_dict(cfg_dict, source=f"{path} (config)")
+            if not state:
+                raise CheckpointError(f"{path}: malformed checkpoint: 'ema' holds no '{prefix}*' weights "
+                                      "(not an EMA state dict)")
+    try:
+        cfg = Config.from_dict(cfg_dict, source=f"{path} (config)")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None  # names the file: "<path> (config): ..."
     b = cfg.model.backbone
     if b.norm == "auto":  # keep the norm layers the model was trained with ...
         b.norm = "frozen_bn" if b.weights else "bn"

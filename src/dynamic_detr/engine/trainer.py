@@ -31,7 +31,7 @@ from ..config import Config, apply_overrides
 from ..errors import CheckpointError, ConfigError, UserError
 from ..fileio import remove_stale_temp_files
 from . import distributed as dist_utils
-from .checkpoint import check_compatible, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import check_compatible, check_training_state, load_checkpoint, save_checkpoint, save_weights
 from .inference import autocast, evaluate_model
 from .report import AP_KEYS, RunReport, atomic_write_json
 from .sampler import ResumableSampler, SeededDataset
@@ -150,6 +150,10 @@ class Trainer:
         self.resumed = resume_state is not None
         if resume_state is not None:
             self._load_state(resume_state)
+        # every rank must start from the same state (multi-node without a shared file system: only rank 0
+        # may have found last.pt); a collective, so it runs on every rank, resumed or not
+        dist_utils.check_same_state(self.model, resumed=self.resumed, epoch=self.state["epoch"],
+                                    step=self.state["step"], epoch_samples=self.state["epoch_samples"])
         self.report = RunReport(self.out) if self.dist.is_main else None
         self._last_metrics: dict[str, Any] | None = None
         self._last_dets: list[dict[str, Any]] = []
@@ -170,8 +174,7 @@ class Trainer:
                 return None
             raise CheckpointError(f"{path}: no checkpoint to resume from")
         state = load_checkpoint(path)
-        if "optimizer" not in state:
-            raise CheckpointError(f"{path}: holds weights only, not a training state; cannot resume from it")
+        check_training_state(state, path)  # a one-line CheckpointError for a malformed or weights-only file
         return state
 
     @staticmethod
@@ -264,8 +267,10 @@ class Trainer:
         if state.get("world_size", 1) != self.dist.world_size or state.get("batch_size") != self.cfg.train.batch_size:
             self.state["epoch_samples"] = 0  # a different sharding: restart the interrupted epoch
             self.state["epoch_stats"] = _new_epoch_stats()
-        if "rng_torch" in state:
-            torch.set_rng_state(state["rng_torch"])
+        # each rank its own RNG states (torch, CUDA, numpy, python); checkpoints before them: rank 0's torch one
+        rng = state.get("rng") or ([{"torch": state["rng_torch"]}] if "rng_torch" in state else None)
+        if rng:
+            dist_utils.restore_rng(rng, state.get("world_size", 1), self.dist)
 
     # ------------------------------------------------------------------ checkpoints
     def _state_dict(self) -> dict[str, Any]:
@@ -279,13 +284,13 @@ class Trainer:
             "minutes": self.minutes,
             "world_size": self.dist.world_size,
             "batch_size": self.cfg.train.batch_size,
-            "rng_torch": torch.get_rng_state(),
         }
 
     def save(self, best: bool = False) -> None:
+        rng = dist_utils.all_gather_objects(dist_utils.rng_state(self.device))  # every rank's (a collective)
         if not self.dist.is_main:
             return
-        state = self._state_dict()
+        state = {**self._state_dict(), "rng": rng}
         save_checkpoint(self.out / "last.pt", state)
         meta = {"config": _json(self.cfg.to_dict())}
         weights = self.ema.module.state_dict() if self.ema is not None else self.model.state_dict()
