@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import os
 import random
-import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -38,15 +37,8 @@ def _config():
     return cfg
 
 
-def _free_port() -> int:
-    """A port nothing listens on now, picked by the OS (not a fixed one that another run may hold)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_process_gloo_matches_single_process(tmp_path):
+def test_two_process_gloo_matches_single_process(tmp_path, free_port):
     data = make_easy_dataset(tmp_path / "d", {"train": 8, "val": 2})
     single = tmp_path / "single"
     cfg = _config()
@@ -59,7 +51,7 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     cfg.train.batch_size = 2  # per process: the same global batch of 4
     cfg.dump(tmp_path / "ddp.yaml")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(_free_port()), "-m", "dynamic_detr.cli.main", "train", "--data", str(data), "--config",
+           str(free_port()), "-m", "dynamic_detr.cli.main", "train", "--data", str(data), "--config",
            str(tmp_path / "ddp.yaml"), "--out", str(tmp_path / "ddp"), "--epochs", "2", "--device", "cpu"]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -90,7 +82,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_torchrun_restarts_a_killed_worker_and_resumes(tmp_path):
+def test_torchrun_restarts_a_killed_worker_and_resumes(tmp_path, free_port):
     """torchrun --max-restarts 1 with `train --resume`: the first launch starts fresh (nothing to resume yet);
     SIGKILL one of the 2 workers once a checkpoint exists; the elastic agent restarts both, they resume from
     last.pt, and the run ends with exactly the weights of an uninterrupted torchrun run (deterministic mode,
@@ -108,7 +100,7 @@ def test_torchrun_restarts_a_killed_worker_and_resumes(tmp_path):
 
     def cmd(run) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
-                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "-m",
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{free_port()}", "-m",
                 "dynamic_detr.cli.main", "train", "--data", str(data), "--config", str(tmp_path / "ddp.yaml"),
                 "--out", str(run), "--epochs", "4", "--device", "cpu", "--resume"]
 
