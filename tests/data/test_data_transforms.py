@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 import torch
 from data_helpers import rect_image
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from dynamic_detr.config import DataConfig, get_preset
 from dynamic_detr.data.transforms import RandomSizeCrop, build_transforms, resize_short_side
 from dynamic_detr.errors import ConfigError
+
+hypothesis = pytest.importorskip("hypothesis")  # the dev extra: without it this module is skipped
+st = pytest.importorskip("hypothesis.strategies")
+example, given, settings = hypothesis.example, hypothesis.given, hypothesis.settings
 
 H, W = 40, 60
 BOX = (10, 5, 25, 20)  # x0, y0, x1, y1 of the white rectangle

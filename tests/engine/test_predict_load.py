@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 from dynamic_detr.cli.main import main
@@ -23,6 +21,10 @@ from dynamic_detr.config import get_preset
 from dynamic_detr.engine.predictor import Predictor
 from dynamic_detr.errors import UserError
 from dynamic_detr.model import DynamicDETR
+
+hypothesis = pytest.importorskip("hypothesis")  # the dev extra: without it this module is skipped
+st = pytest.importorskip("hypothesis.strategies")
+HealthCheck, given, settings = hypothesis.HealthCheck, hypothesis.given, hypothesis.settings
 
 N_IMAGES = 1000  # the issue's load: 100 corrupt, 4 huge, the rest tiny, gray, RGBA, palette, 16-bit, RGB
 HUGE = (4000, 3000)
@@ -43,6 +45,15 @@ def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "m"
     model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def loaded_model(model_dir):
+    """(model, config) loaded from `model_dir` once for this module's in-process tests (was a module-level cache
+    that kept the model alive for the rest of the session)."""
+    from dynamic_detr.engine.loading import load_model
+
+    return load_model(model_dir)
 
 
 def _write_mix(folder: Path) -> set[str]:
@@ -121,11 +132,9 @@ Image.new("RGB", (20, 10), (9, 9, 9)).save(_PNG, "PNG")
                  st.binary(max_size=200).map(lambda b: _PNG.getvalue()[:40] + b),
                  st.binary(max_size=200).map(lambda b: b"\xff\xd8\xff\xe0" + b),
                  st.binary(max_size=200).map(lambda b: b"GIF89a" + b)))
-def test_malformed_image_bytes_reported_and_run_continues(model_dir, tmp_path_factory, data):
+def test_malformed_image_bytes_reported_and_run_continues(loaded_model, tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("fuzzimg")
-    from dynamic_detr.engine.loading import load_model
-
-    model, cfg = _MODEL.get("m") or _MODEL.setdefault("m", load_model(model_dir))
+    model, cfg = loaded_model
     (folder / "0.png").write_bytes(_PNG.getvalue())
     (folder / "1.png").write_bytes(data)
     (folder / "2.png").write_bytes(_PNG.getvalue())
@@ -135,15 +144,6 @@ def test_malformed_image_bytes_reported_and_run_continues(model_dir, tmp_path_fa
     n_ok, _, failed = Predictor(model, cfg, torch.device("cpu")).predict_files(files, out, 0.5, batch_size=2)
     assert n_ok + len(failed) == 3 and n_ok >= 2
     assert all("1.png" in m and "\n" not in m for m in failed)
-
-
-_MODEL: dict = {}
-
-
-def _cached_model(model_dir: Path):
-    from dynamic_detr.engine.loading import load_model
-
-    return _MODEL.get("m") or _MODEL.setdefault("m", load_model(model_dir))
 
 
 def test_extreme_aspect_ratio_reported_and_run_continues(model_dir, tmp_path, capsys):
@@ -165,7 +165,7 @@ def test_extreme_aspect_ratio_reported_and_run_continues(model_dir, tmp_path, ca
     assert (limit["width"], limit["height"]) == (200, 2)
 
 
-def test_output_folder_holding_inputs_is_refused(model_dir, tmp_path, capsys):
+def test_output_folder_holding_inputs_is_refused(model_dir, loaded_model, tmp_path, capsys):
     """Issue 11: `--out` = the input folder overwrote a.png with its drawn copy. Refused, inputs untouched;
     the same folder reached through a symlink too; a sub-folder is fine."""
     folder = tmp_path / "in"
@@ -173,7 +173,7 @@ def test_output_folder_holding_inputs_is_refused(model_dir, tmp_path, capsys):
     for name in ("a.png", "b.png"):
         (folder / name).write_bytes(_PNG.getvalue())
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    model, cfg = _cached_model(model_dir)
+    model, cfg = loaded_model
     files = sorted(folder.iterdir())
     with pytest.raises(UserError, match="holds the input"):
         Predictor(model, cfg, torch.device("cpu")).predict_files(files, folder, 0.5)
