@@ -3,22 +3,30 @@ so the script cannot rot; the peers' adapters keep to the shared contract."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-import sys
 
 import pytest
 import torch
-from bench_helpers import BENCH, run_bench
+from bench_helpers import BENCH, needs, run_bench
 
 from dynamic_detr.engine.evaluate import AP_NAMES
 
-sys.path.insert(0, str(BENCH))
-import peers
+
+@pytest.fixture(scope="module")
+def peers():
+    """benchmarks/peers.py, imported the way the scripts import it (their folder first on sys.path), with
+    sys.path restored afterwards: not a path insertion at import time that lasts the whole session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCH))
+        return importlib.import_module("peers")
 
 
 @pytest.mark.slow
-def test_convergence_quick(tmp_path):
+@pytest.mark.timeout(1200)  # the two runs' own subprocess timeouts (600 s + 300 s) come first
+@needs("transformers", extra="bench")  # --quick trains every contender, the HF peers too
+def test_convergence_quick(tmp_path, peers):
     out = tmp_path / "res"
     run_bench("convergence.py", "--quick", "--out", str(out), "--work", str(tmp_path / "work"))
     report = json.loads((out / "convergence.json").read_text())
@@ -60,7 +68,7 @@ def test_convergence_quick(tmp_path):
     assert "already in" in again.stdout
 
 
-def test_detr_postprocess_scales_to_original_pixels():
+def test_detr_postprocess_scales_to_original_pixels(peers):
     logits = torch.full((1, 3, 2), -9.0)
     logits[0, 1, 1] = 9.0  # query 1, class 1: the only confident pair
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.5, 0.5, 1.0], [0.9, 0.9, 0.5, 0.5]]])
@@ -74,7 +82,8 @@ def test_detr_postprocess_scales_to_original_pixels():
     torch.testing.assert_close(out["boxes"][0], torch.tensor([130.0, 65.0, 200.0, 100.0]))
 
 
-def test_hf_peers_train_batchnorm():
+@needs("transformers", extra="bench")
+def test_hf_peers_train_batchnorm(peers):
     """At random init a frozen BN is an identity: the HF peers get trainable BatchNorm like ours."""
     from dynamic_detr.config import get_preset
 

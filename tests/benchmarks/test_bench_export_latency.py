@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from bench_helpers import run_bench
+from bench_helpers import needs, run_bench
 
 RUNTIMES = ["pytorch eager", "onnxruntime native (DeformConv)", "onnxruntime portable (GridSample)"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # the run's own subprocess timeout (300 s) comes first
+@needs("onnx", "onnxruntime", extra="export")
 def test_export_latency_quick(tmp_path):
     out = tmp_path / "res.json"
     proc = run_bench("export_latency.py", "--quick", "--out", str(out), timeout=300)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from bench_helpers import run_bench
+from bench_helpers import needs, run_bench
 
 NAMES = ["dynamic_detr", "hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet"]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the run's own subprocess timeout (600 s) comes first
+@needs("transformers", extra="bench")  # --quick measures every peer, the HF ones too
 def test_speed_quick(tmp_path):
     out = tmp_path / "res"
     run_bench("speed.py", "--quick", "--out", str(out), "--work", str(tmp_path / "work"))
