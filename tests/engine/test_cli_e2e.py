@@ -14,16 +14,23 @@ TINY = ["data.num_workers=0", "data.train_short_sides=[128]", "data.train_max_si
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    data = root / "data"
+def data(tmp_path_factory):
+    """A tiny synthetic dataset: 6 train / 3 val images of 128 px."""
+    data = tmp_path_factory.mktemp("e2e") / "data"
     generate(data, train=6, val=3, image_size=128, seed=1)
-    run = root / "run"
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """`data` and the run folder of 1 epoch of `train` on it (CLI, in process)."""
+    run = tmp_path_factory.mktemp("e2e_run") / "run"
     assert main(["train", "--data", str(data), "--preset", "cpu_tiny", "--out", str(run), "--epochs", "1",
                  *TINY]) == 0
     return data, run
 
 
+@pytest.mark.slow
 def test_train_writes_run_folder(trained):
     _, run = trained
     assert (run / "best.pt").is_file() and (run / "metrics.json").is_file()
@@ -36,6 +43,7 @@ def _same_metric(a, b) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= 1e-3)
 
 
+@pytest.mark.slow
 def test_eval_writes_metrics_and_detections(trained, tmp_path, capsys):
     """`eval` of the run folder (best.pt = the weights of the only epoch) on the val split reproduces the
     trainer's own final evaluation (metrics.json), and its saved detections give back its metrics."""
@@ -70,6 +78,7 @@ def test_eval_writes_metrics_and_detections(trained, tmp_path, capsys):
     assert f"{metrics['AP']:.1f}" in printed and "AP50" in printed
 
 
+@pytest.mark.slow
 def test_predict_draws_and_writes_json(trained, tmp_path, capsys):
     data, run = trained
     bad = tmp_path / "broken.png"
@@ -89,8 +98,7 @@ def test_predict_draws_and_writes_json(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"PK\x03\x04truncated"])
-def test_bad_checkpoint_is_one_line_error(trained, tmp_path, capsys, content):
-    data, _ = trained
+def test_bad_checkpoint_is_one_line_error(data, tmp_path, capsys, content):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
     assert main(["eval", "--checkpoint", str(bad), "--data", str(data)]) == 2
@@ -113,9 +121,9 @@ def test_help_for_every_command(capsys):
     assert "--checkpoint" in capsys.readouterr().out
 
 
-def test_demo_end_to_end_on_given_data(trained, tmp_path, capsys):
+@pytest.mark.slow
+def test_demo_end_to_end_on_given_data(data, tmp_path, capsys):
     """The README's main job, on a tiny dataset and budget: trains, evaluates once at the end, draws."""
-    data, _ = trained
     out = tmp_path / "demo"
     assert main(["demo", "--data", str(data), "--out", str(out), "--preset", "cpu_tiny", "--minutes", "0.3",
                  *TINY]) == 0
