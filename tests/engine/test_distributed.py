@@ -38,6 +38,7 @@ def _config():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a single-process training, then torchrun (its own subprocess timeout: 600 s)
 def test_two_process_gloo_matches_single_process(tmp_path, free_port):
     data = make_easy_dataset(tmp_path / "d", {"train": 8, "val": 2})
     single = tmp_path / "single"
@@ -82,6 +83,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two torchrun runs (their own limits: 600 s, then 120 + 180 s)
 def test_torchrun_restarts_a_killed_worker_and_resumes(tmp_path, free_port):
     """torchrun --max-restarts 1 with `train --resume`: the first launch starts fresh (nothing to resume yet);
     SIGKILL one of the 2 workers once a checkpoint exists; the elastic agent restarts both, they resume from

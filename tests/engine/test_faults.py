@@ -21,7 +21,10 @@ from dynamic_detr.engine.checkpoint import load_checkpoint
 DRIVER = Path(__file__).with_name("fault_driver.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 EPOCHS = 2  # 8 train images, batch 2: 4 steps per epoch, 8 in all
-TIMEOUT = 300
+TIMEOUT = 300  # per subprocess (or wait for one)
+# per test (pytest-timeout): several training runs of a few tens of seconds each, and room for one of them to
+# hang until its own TIMEOUT, which then fails the test with its output
+TEST_TIMEOUT = 1200
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,7 @@ def _check_finished(run: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TEST_TIMEOUT)
 def test_sigkill_mid_step_mid_save_mid_eval_then_resume_equals_uninterrupted(setup, tmp_path):
     data, cfg = setup
     ref = _train(data, cfg, tmp_path / "ref")
@@ -88,6 +92,7 @@ def test_sigkill_mid_step_mid_save_mid_eval_then_resume_equals_uninterrupted(set
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TEST_TIMEOUT)
 def test_sigkill_while_checkpoint_temp_file_exists_then_resume(setup, tmp_path):
     """A real race: poll for the checkpoint temp file and SIGKILL as soon as it is seen (a few times)."""
     data, cfg = setup
@@ -115,6 +120,7 @@ def test_sigkill_while_checkpoint_temp_file_exists_then_resume(setup, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TEST_TIMEOUT)
 def test_sigterm_to_process_group_with_workers_stops_gracefully_and_resumes(setup, tmp_path):
     data, cfg = setup
     run = tmp_path / "run"

@@ -88,6 +88,7 @@ def _write_mix(folder: Path) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # 1,000 images to write, then two predict runs (their own limits: 600 s each)
 def test_predict_over_many_mixed_images_streams(model_dir, tmp_path):
     images = tmp_path / "images"
     bad = _write_mix(images)

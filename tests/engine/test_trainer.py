@@ -44,12 +44,18 @@ def _overfit(tmp_path, amp: str, overrides: tuple[str, ...] = ()) -> dict:
     return result.metrics
 
 
+# pytest-timeout for one overfit run (192 steps and an evaluation, in process); a module fixture's setup counts
+# in the first test that uses it
+OVERFIT_TIMEOUT = 900
+
+
 @pytest.fixture(scope="module")
 def fp32_overfit(tmp_path_factory):
     return _overfit(tmp_path_factory.mktemp("overfit_fp32"), "none")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(OVERFIT_TIMEOUT)
 def test_overfit_reaches_high_ap(fp32_overfit):
     """A few images, a few hundred steps: the detector must fit its training set (AP near 100)."""
     assert fp32_overfit["AP50"] > 95, fp32_overfit
@@ -62,6 +68,7 @@ RECIPE_SWITCHES = ("model.encoder.residual=true", "train.lr_offset_mult=0.1", "m
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(OVERFIT_TIMEOUT)
 def test_recipe_overfits(tmp_path):
     """Every switch of the convergence recipe on at once: the detector still fits its training set."""
     metrics = _overfit(tmp_path, "none", RECIPE_SWITCHES)
@@ -70,6 +77,7 @@ def test_recipe_overfits(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * OVERFIT_TIMEOUT)  # run alone, it trains the fp32 fixture too
 def test_bf16_autocast_overfits_like_fp32(fp32_overfit, tmp_path):
     """bf16 autocast on CPU fits the same images as well as fp32 does: AP within 10 points (measured here:
     fp32 84.7, bf16 90.0)."""

@@ -214,6 +214,7 @@ def test_native_export_refuses_old_opset(model, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # paper_r50: tracing and running a ResNet-50 model with 300 queries
 @pytest.mark.parametrize("mode", ["native", "portable"])
 @pytest.mark.parametrize("preset", ["cpu_tiny", "cpu_small", "paper_r50"])
 def test_every_preset_exports_with_parity(preset, mode, tmp_path):
