@@ -18,6 +18,7 @@ from torchvision.ops import box_convert
 
 from ..config import ModelConfig
 from .decoder import PRIOR_PROB
+from .padding import apply_sequential
 
 
 def level_points(feats: list[Tensor], strides: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -64,13 +65,15 @@ class DenseHead(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
 
-    def forward(self, feats: list[Tensor]) -> dict[str, Tensor]:
-        """feats: [B, d, H_l, W_l] per level -> {"logits": [B, N, C], "ltrb": [B, N, 4] input pixels (>= 0),
+    def forward(self, feats: list[Tensor], valid: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """feats: [B, d, H_l, W_l] per level (`valid`: per-level masks of the unpadded regions, for the
+        towers' GroupNorm statistics, model/padding.py) -> {"logits": [B, N, C], "ltrb": [B, N, 4] input pixels (>= 0),
         "centerness": [B, N] logits, "points": [N, 2], "stride": [N]}, N = all locations, finest level first."""
         logits, ltrb, ctr = [], [], []
         for i, (f, s) in enumerate(zip(feats, self.strides, strict=True)):
-            c = self.cls_tower(f)
-            b = self.box_tower(f)
+            v = None if valid is None else valid[i]
+            c = apply_sequential(self.cls_tower, f, v)
+            b = apply_sequential(self.box_tower, f, v)
             logits.append(self.cls_logits(c).flatten(2).transpose(1, 2))
             # FCOS with normalised targets: distances = ReLU(scale_l * x) * stride
             ltrb.append((F.relu(self.box_ltrb(b) * self.scales[i]) * s).flatten(2).transpose(1, 2))

@@ -16,6 +16,7 @@ from .decoder import DynamicDecoder
 from .denoising import group_attention_mask, noised_queries
 from .dense_head import DenseHead, select_queries
 from .encoder import DynamicEncoder
+from .padding import level_masks
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -81,17 +82,24 @@ class DynamicDETR(nn.Module):
              "dense" (`DenseHead.forward`); in training mode, with their switches on, "hybrid_stages" (the
              one-to-many queries) and "dn_stages" + "dn" (the denoising queries, `noised_queries`).
         """
+        # padding-aware pooling only where there is padding (never in a traced graph: whole images)
+        padded = masks is not None and not torch.jit.is_tracing() and bool(masks.any())
         if masks is None:
             masks = images.new_zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
         # normalise, then zero the padding again: padded pixels are the mean colour, as when padding after
         # normalising (DETR, torchvision's GeneralizedRCNNTransform)
         x = ((images - self.pixel_mean) / self.pixel_std).masked_fill(masks[:, None], 0.0)
-        feats = self.encoder(self.backbone(x))
+        feats = self.backbone(x)
         valid_hw = valid_sizes(masks)
+        # per-level masks of each image's unpadded region: the encoder's and dense head's statistics come from
+        # the image alone, so its detections do not depend on the rest of the batch (model/padding.py)
+        valid = level_masks(valid_hw, [(int(f.shape[-2]), int(f.shape[-1])) for f in feats],
+                            self.backbone.strides) if padded else None
+        feats = self.encoder(feats, valid)
         out: dict[str, Any] = {"valid_hw": valid_hw}
         dense = None
         if self.dense_head is not None:
-            dense = out["dense"] = self.dense_head(feats)
+            dense = out["dense"] = self.dense_head(feats, valid)
         dc = self.cfg.decoder
         groups = self._query_groups(feats, dense, valid_hw)
         dn = None

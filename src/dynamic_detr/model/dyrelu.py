@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .padding import masked_mean
+
 
 class DyReLU(nn.Module):
     """Channel-wise two-piece DyReLU whose coefficients come from the globally pooled input.
@@ -33,9 +35,9 @@ class DyReLU(nn.Module):
         nn.init.zeros_(self.fc[2].weight)
         nn.init.zeros_(self.fc[2].bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: [B, C, H, W] -> [B, C, H, W]."""
-        h = F.hardsigmoid(self.fc(x.mean(dim=(2, 3)))) - 0.5  # [B, 4C], 0 at init
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """x: [B, C, H, W] -> [B, C, H, W]; the pooling is over `valid` [B, 1, H, W] (unpadded) when given."""
+        h = F.hardsigmoid(self.fc(masked_mean(x, valid))) - 0.5  # [B, 4C], 0 at init
         a1, a2, b1, b2 = h[:, :, None, None].chunk(4, dim=1)
         a1 = 2 * a1 * self.lambda_a + 1.0
         a2 = 2 * a2 * self.lambda_a
