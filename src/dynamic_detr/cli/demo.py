@@ -68,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     encoder = "" if cfg.model.encoder.enabled else ", dynamic encoder off (model.encoder.enabled=true turns it on)"
     print(f"[2/4] training {cfg.name}{encoder} for {train_minutes:.1f} min in {run_dir}"
           f"{' (resuming)' if resume else ''}", flush=True)
+    # the demo has one run folder: it resumes the run there, or starts over (an earlier run that left no
+    # checkpoint is cleared first, so that nothing mixes); it never moves to run2
     trainer = Trainer(cfg, data, run_dir, minutes=train_minutes, resume=resume, device=args.device,
-                      overrides=list(args.overrides or []))
+                      overrides=list(args.overrides or []), overwrite=not resume)
     result = trainer.fit()
     if result.status == "interrupted":
         print(f"interrupted; `dynamic-detr demo --out {args.out}` resumes from {run_dir / 'last.pt'}")

@@ -34,6 +34,7 @@ from . import distributed as dist_utils
 from .checkpoint import check_compatible, check_training_state, load_checkpoint, save_checkpoint, save_weights
 from .inference import autocast, evaluate_model
 from .report import AP_KEYS, RunReport, atomic_write_json
+from .rundir import clear_run
 from .sampler import ResumableSampler, SeededDataset
 from .schedule import WarmupStepSchedule
 
@@ -114,11 +115,17 @@ class Trainer:
     `epochs` / `minutes`: the budget (either or both; the run stops at whichever comes first).
     `resume`: continue from `out/last.pt` (or from the given checkpoint / run folder) with the run's own config;
     `overrides` (the command line's `key=value`s) then change only what `RESUME_OVERRIDABLE` lists.
+    `overwrite`: a new run in a folder that holds an earlier one: its files (`rundir.RUN_FILES`) are removed
+    first, so that nothing mixes.
     """
 
     def __init__(self, cfg: Config, data: Path, out: Path, *, epochs: int | None = None,
                  minutes: float | None = None, resume: bool | str | Path = False, device: str | None = None,
-                 log_every: int = 20, progress: bool | None = None, overrides: Sequence[str] = ()) -> None:
+                 log_every: int = 20, progress: bool | None = None, overrides: Sequence[str] = (),
+                 overwrite: bool = False) -> None:
+        resuming = resume is not False and resume is not None
+        if overwrite and resuming:
+            raise UserError("overwrite= starts the run in `out` over, resume= continues it: not both")
         self.dist = dist_utils.init_distributed(device)
         self.device = self.dist.device
         self.data_root = Path(data)
@@ -154,6 +161,10 @@ class Trainer:
         # may have found last.pt); a collective, so it runs on every rank, resumed or not
         dist_utils.check_same_state(self.model, resumed=self.resumed, epoch=self.state["epoch"],
                                     step=self.state["step"], epoch_samples=self.state["epoch_samples"])
+        if overwrite and self.dist.is_main:
+            removed = clear_run(self.out)
+            if removed:
+                print(f"{self.out}: removed the earlier run's {', '.join(removed)} (overwritten)", flush=True)
         self.report = RunReport(self.out) if self.dist.is_main else None
         self._last_metrics: dict[str, Any] | None = None
         self._last_dets: list[dict[str, Any]] = []
