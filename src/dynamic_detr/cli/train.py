@@ -28,6 +28,10 @@ def register(sub) -> None:
                    help="continue the run in --out (or the given run folder / checkpoint) where it stopped, "
                         "with its own config: overrides may change only train.epochs, eval_every, "
                         "checkpoint_every, max_nonfinite_steps and data.num_workers")
+    p.add_argument("--weights", type=Path, metavar="CKPT",
+                   help="fine-tune: start from a trained model (run folder, .pt, .safetensors or a "
+                        "save_pretrained folder); tensors whose name and shape fit are loaded, class heads for "
+                        "another number of classes start fresh; a new run (epoch 0, fresh optimizer)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.set_defaults(func=run)
 
@@ -39,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
 
     resume = args.resume is not False
+    if args.weights is not None and resume:
+        raise UserError("--weights starts a new run from trained weights, --resume continues a run: "
+                        "give one of them")
     if args.exist_ok and resume:
         raise UserError("--exist-ok starts the run in --out over, --resume continues it: give one of them")
     cfg = resolve_config(args)
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     # on --resume the run's own config is used; its overrides may change only the budget and the like
     with process_group_scope():  # under torchrun: leave the process group at the end, also on an error
         trainer = Trainer(cfg, args.data, out, epochs=args.epochs, minutes=args.minutes, resume=args.resume,
-                          device=args.device, overrides=list(args.overrides or []),
+                          device=args.device, overrides=list(args.overrides or []), weights=args.weights,
                           overwrite=args.exist_ok)
         result = trainer.fit()
     if trainer.dist.is_main:
