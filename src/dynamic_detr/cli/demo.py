@@ -1,4 +1,4 @@
-"""`dynamic-detr demo`: the README's main job, end to end on the synthetic dataset.
+"""`dynamic-detr demo`: everything end to end on the synthetic dataset.
 
 Generates the dataset if missing (and checks it), trains `cpu_small` within a time budget, evaluates with
 the COCO metrics, draws predictions on validation images, and prints where everything is.
@@ -23,7 +23,7 @@ fewer steps; docs/recipe.md). `dynamic-detr demo model.encoder.enabled=true` tra
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic data -> train cpu_small -> evaluate -> draw (the README's main job)",
+    p = sub.add_parser("demo", help="synthetic data -> train cpu_small -> evaluate -> draw, end to end",
                        description="End to end on the synthetic shapes dataset. --minutes is the whole "
                                    "budget: training gets what the data generation and evaluation leave.")
     p.add_argument("--minutes", type=float, default=10.0, help="total time budget (default: 10)")
