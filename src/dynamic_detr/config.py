@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses, strict YAML load/dump, named presets, `key=value` overrides.
 
 Every field is documented where it is declared; `PRESETS` holds the named configurations
-(`paper_r50` follows PAPER.md, the `cpu_*` presets are for 2 CPU cores).
+(`paper_r50` follows the paper, docs/paper.md; the `cpu_*` presets are for 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ class BackboneConfig:
     """None (random init), a torchvision weights name ("DEFAULT", "IMAGENET1K_V1",
     "ResNet50_Weights.IMAGENET1K_V2") or a path to a local .pth / .safetensors state dict."""
     norm: str = "auto"
-    """"frozen_bn" | "bn" | "gn" | "auto". PAPER.md: frozen BN is right for pretrained weights but is an
-    identity at random init, so "auto" picks frozen_bn when weights are loaded and trainable BN otherwise.
+    """"frozen_bn" | "bn" | "gn" | "auto". Frozen BN is right for pretrained weights but is an identity at random
+    init (docs/paper.md), so "auto" picks frozen_bn when weights are loaded and trainable BN otherwise.
     "gn": GroupNorm(32) throughout the trunk, batch-size independent (from scratch, He et al. 2019; not in
     the paper); ImageNet weights load into it (the affine parameters), their BN statistics are dropped."""
     frozen_stages: int = 1
@@ -41,7 +41,7 @@ class BackboneConfig:
 @dataclass
 class EncoderConfig:
     enabled: bool = True
-    """Ablation switch: False gives the plain FPN pyramid (PAPER.md table: -2.7 AP)."""
+    """Ablation switch: False gives the plain FPN pyramid (the paper: -2.7 AP; docs/paper.md)."""
     num_blocks: int = 6
     """Dynamic encoder blocks (paper: 6)."""
     gn_groups: int = 16
@@ -50,9 +50,9 @@ class EncoderConfig:
     """Share a block's offset conv, deformable convs, scale attention and DyReLU across levels (DyHead does);
     False gives each level its own (5x the encoder parameters, same FLOPs)."""
     scale_fine_offsets: bool = True
-    """PAPER.md leaves open how s_i (predicted in level-i pixels) applies to the finer neighbour's stride-2
+    """The paper leaves open how s_i (predicted in level-i pixels) applies to the finer neighbour's stride-2
     conv: True doubles it so all three convs shift by the same image distance (the coarser neighbour's is
-    pooled and halved, as PAPER.md asks); False uses it unscaled, as DyHead does."""
+    pooled and halved; docs/paper.md); False uses it unscaled, as DyHead does."""
     deform_impl: str = "auto"
     """Kernel of the modulated deformable conv: "torchvision" (torchvision.ops.deform_conv2d), "sampled"
     (grid_sample + matmul, model/deform.py: same result, 5.7x faster on CPU here) or "auto" (sampled on CPU,
@@ -73,7 +73,7 @@ class DecoderConfig:
     num_queries: int = 300
     """Object queries K (paper: 300)."""
     num_heads: int = 4
-    """Heads of the query self-attention (summary: 4)."""
+    """Heads of the query self-attention (4, docs/paper.md)."""
     roi_size: int = 7
     """RoIAlign output size (paper: 7x7)."""
     roi_impl: str = "auto"
@@ -87,19 +87,19 @@ class DecoderConfig:
     dropout: float = 0.0
     """Dropout in attention / FFN."""
     detach_boxes: bool = True
-    """Stop the gradient through the box fed to the next stage (Sparse R-CNN; PAPER.md, Dynamic decoder)."""
+    """Stop the gradient through the box fed to the next stage (Sparse R-CNN; docs/paper.md, Dynamic decoder)."""
     box_pos: str = "sine"
     """Position of each query's box in its self-attention: "sine" (sine embedding of cxcywh + 2-layer MLP,
     added to q and k as DAB-DETR does) or "none" (Sparse R-CNN: content only)."""
     num_reg_layers: int = 1
-    """(FC, LN, ReLU) layers before the box-delta FC: PAPER.md B^ = refine(B, FC(ReLU(LN(FC(Q^))))) is 1;
+    """(FC, LN, ReLU) layers before the box-delta FC: the paper's B^ = refine(B, FC(ReLU(LN(FC(Q^))))) is 1;
     Sparse R-CNN uses 3."""
     zero_init_deltas: bool = True
     """Zero-init the last box-delta layer so every stage starts as the identity refinement (Deformable DETR
     does this for its box head); with Xavier init (Sparse R-CNN) the untrained later stages scatter the boxes
     and their early losses are worse than stage 1's."""
     num_cls_layers: int = 0
-    """(FC, LN, ReLU) layers before the class FC: PAPER.md C^ = Softmax(FC(Q^)) is 0; Sparse R-CNN uses 1."""
+    """(FC, LN, ReLU) layers before the class FC: the paper's C^ = Softmax(FC(Q^)) is 0; Sparse R-CNN uses 1."""
     roi_canonical_size: int = 224
     """RoI level rule: a box of this size (sqrt of its area, input pixels) is pooled from P4 and each doubling
     one level up (FPN: 224, the ImageNet size). At <= 320 px inputs 224 sends every box to P3."""
@@ -488,8 +488,8 @@ def recipe_rung(cfg: Config, steps: int) -> Config:
 
 # --------------------------------------------------------------------------- presets
 def _paper_r50() -> Config:
-    """PAPER.md: R50-FPN (P3-P7, 256-d), 6 encoder blocks, 6 decoder stages, 300 queries, 4 heads, 7x7 RoI,
-    multi-scale 480-800 / 1333, test 800 / 1333, AdamW 1e-4 (backbone 1e-5), 1x schedule."""
+    """The paper (docs/paper.md): R50-FPN (P3-P7, 256-d), 6 encoder blocks, 6 decoder stages, 300 queries,
+    4 heads, 7x7 RoI, multi-scale 480-800 / 1333, test 800 / 1333, AdamW 1e-4 (backbone 1e-5), 1x schedule."""
     cfg = Config(name="paper_r50")
     cfg.model.backbone.weights = "ResNet50_Weights.IMAGENET1K_V1"
     return cfg

@@ -33,7 +33,9 @@ from ..fileio import remove_stale_temp_files
 from . import distributed as dist_utils
 from .checkpoint import check_compatible, check_training_state, load_checkpoint, save_checkpoint, save_weights
 from .inference import autocast, evaluate_model
+from .loading import read_trained, transfer_weights
 from .report import AP_KEYS, RunReport, atomic_write_json
+from .rundir import clear_run
 from .sampler import ResumableSampler, SeededDataset
 from .schedule import WarmupStepSchedule
 
@@ -114,11 +116,21 @@ class Trainer:
     `epochs` / `minutes`: the budget (either or both; the run stops at whichever comes first).
     `resume`: continue from `out/last.pt` (or from the given checkpoint / run folder) with the run's own config;
     `overrides` (the command line's `key=value`s) then change only what `RESUME_OVERRIDABLE` lists.
+    `weights`: start from a trained model's weights (run folder, .pt, .safetensors or `save_pretrained` folder;
+    `loading.transfer_weights`): a new run, with a fresh optimizer from epoch 0, not a resume.
+    `overwrite`: a new run in a folder that holds an earlier one: its files (`rundir.RUN_FILES`) are removed
+    first, so that nothing mixes.
     """
 
     def __init__(self, cfg: Config, data: Path, out: Path, *, epochs: int | None = None,
                  minutes: float | None = None, resume: bool | str | Path = False, device: str | None = None,
-                 log_every: int = 20, progress: bool | None = None, overrides: Sequence[str] = ()) -> None:
+                 log_every: int = 20, progress: bool | None = None, overrides: Sequence[str] = (),
+                 weights: str | Path | None = None, overwrite: bool = False) -> None:
+        resuming = resume is not False and resume is not None
+        if weights is not None and resuming:
+            raise UserError("weights= starts a new run from trained weights, resume= continues a run: not both")
+        if overwrite and resuming:
+            raise UserError("overwrite= starts the run in `out` over, resume= continues it: not both")
         self.dist = dist_utils.init_distributed(device)
         self.device = self.dist.device
         self.data_root = Path(data)
@@ -137,6 +149,8 @@ class Trainer:
         if cfg.train.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.amp=fp16 needs CUDA; use train.amp=bf16 on CPU")
         self.cfg = cfg
+        # read before the dataset: a bad --weights file fails at once, with one line naming it
+        self._init_weights = read_trained(weights) if weights is not None else None
         self._seed_everything(cfg.train.seed + self.dist.rank, cfg.train.deterministic)
         self._build_data()
         n_batches = math.ceil(self.train_sampler.per_rank() / cfg.train.batch_size)
@@ -154,6 +168,10 @@ class Trainer:
         # may have found last.pt); a collective, so it runs on every rank, resumed or not
         dist_utils.check_same_state(self.model, resumed=self.resumed, epoch=self.state["epoch"],
                                     step=self.state["step"], epoch_samples=self.state["epoch_samples"])
+        if overwrite and self.dist.is_main:
+            removed = clear_run(self.out)
+            if removed:
+                print(f"{self.out}: removed the earlier run's {', '.join(removed)} (overwritten)", flush=True)
         self.report = RunReport(self.out) if self.dist.is_main else None
         self._last_metrics: dict[str, Any] | None = None
         self._last_dets: list[dict[str, Any]] = []
@@ -227,6 +245,11 @@ class Trainer:
 
         cfg = self.cfg
         model = DynamicDETR(cfg.model).to(self.device)
+        if self._init_weights is not None:  # fine-tuning: whatever fits; the rest (class heads) stays fresh
+            transfer = transfer_weights(model, self._init_weights)
+            self._init_weights = None
+            if self.dist.is_main:
+                print(transfer.summary(), flush=True)
         if self.dist.distributed and self.device.type == "cuda" and cfg.train.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place; same parameters
         self.model = model

@@ -1,4 +1,4 @@
-"""DynamicDETR: backbone (ResNet-FPN, P3-P7) -> dynamic encoder -> dynamic decoder (PAPER.md, Figure 1)."""
+"""DynamicDETR: backbone (ResNet-FPN, P3-P7) -> dynamic encoder -> dynamic decoder (docs/paper.md)."""
 
 from __future__ import annotations
 

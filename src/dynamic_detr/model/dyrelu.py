@@ -1,4 +1,4 @@
-"""DyReLU (Chen et al., ECCV 2020), the encoder's representation attention (PAPER.md, Dynamic encoder).
+"""DyReLU (Chen et al., ECCV 2020), the encoder's representation attention (docs/paper.md, Dynamic encoder).
 
     DyReLU(x_c) = max(a1_c x_c + b1_c, a2_c x_c + b2_c),   {a, b} = Delta(x): pool -> FC -> ReLU -> FC -> hsig
 """
@@ -16,7 +16,7 @@ class DyReLU(nn.Module):
 
     Parametrisation (DyHead's, with h = hard_sigmoid(FC(...)) in [0, 1]):
         a1 = 2 (h - 0.5) lambda_a + 1,   a2 = 2 (h - 0.5) lambda_a,   b1, b2 = (h - 0.5) lambda_b.
-    The last FC is zero-initialised, so h = 0.5 and DyReLU(x) = max(x, 0) exactly at init (PAPER.md).
+    The last FC is zero-initialised, so h = 0.5 and DyReLU(x) = max(x, 0) exactly at init (docs/paper.md).
 
     Args:
         channels: C.

@@ -1,4 +1,4 @@
-"""Dynamic encoder (PAPER.md; the DyHead block): convolutional attention across the scales of the pyramid.
+"""Dynamic encoder (docs/paper.md; the DyHead block): convolutional attention across the scales of the pyramid.
 
 For each level i, with offsets / masks s_i from a 3x3 conv on P_i:
 
