@@ -34,7 +34,7 @@ from . import distributed as dist_utils
 from .checkpoint import check_compatible, check_training_state, load_checkpoint, save_checkpoint, save_weights
 from .inference import autocast, evaluate_model
 from .report import AP_KEYS, RunReport, atomic_write_json
-from .sampler import ResumableSampler, SeededDataset
+from .sampler import GroupedBatchSampler, ResumableSampler, SeededDataset
 from .schedule import WarmupStepSchedule
 
 _clock = time.perf_counter
@@ -209,6 +209,9 @@ class Trainer:
         m.num_classes, m.category_ids, m.class_names = len(ids), ids, names
         self.train_sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=t.seed,
                                               num_replicas=self.dist.world_size, rank=self.dist.rank)
+        if d.group_by_aspect:  # batches of one orientation; same set_epoch / per_rank, built per rank
+            self.train_sampler = GroupedBatchSampler(self.train_sampler, self.train_set.aspect_groups(),
+                                                     t.batch_size)
         self.val_sampler = ResumableSampler(len(self.val_set), shuffle=False, pad=False,
                                             num_replicas=self.dist.world_size, rank=self.dist.rank)
         workers = d.num_workers
