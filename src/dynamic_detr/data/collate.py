@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,11 +88,19 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]], size_divisibility:
     return Batch(images=out, masks=masks, targets=targets, unreadable=unreadable)
 
 
+def worker_init(worker_id: int) -> None:
+    """`worker_init_fn` of `build_loader`: `gc.freeze()` what a forked worker inherited, so that its garbage
+    collections never walk the parent's objects (a collection writes to every object it visits, which copies
+    their memory pages into the worker: copy-on-write growth that is not the worker's own)."""
+    gc.freeze()
+
+
 def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0,
                  size_divisibility: int = 32, sampler: Sampler | None = None, seed: int = 0) -> DataLoader:
     """A DataLoader of `Batch`es: shuffled when `train` and no `sampler`; seeded generator; persistent
-    workers when `num_workers > 0`; pinned memory when CUDA is available; drop_last=False. Not `train`:
-    stand-ins for undecodable images are dropped (`collate(drop_unreadable=True)`). A `BatchSampler` (e.g.
+    workers when `num_workers > 0` (started with `worker_init`); pinned memory when CUDA is available;
+    drop_last=False. Not `train`: stand-ins for undecodable images are dropped (`collate(drop_unreadable=True)`).
+    A `BatchSampler` (e.g.
     `engine.sampler.GroupedBatchSampler`) forms the batches itself: `batch_size` is then its own."""
     batches = isinstance(sampler, BatchSampler)
     return DataLoader(
@@ -105,5 +114,6 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: in
         pin_memory=torch.cuda.is_available(),
         drop_last=False,
         persistent_workers=num_workers > 0,
+        worker_init_fn=worker_init,
         generator=torch.Generator().manual_seed(seed),
     )
