@@ -57,7 +57,7 @@ class Issue:
     message: str
 
 
-@dataclass
+@dataclass(eq=False)  # arrays: no field-wise ==
 class Records:
     """Validated content of `root/annotations/instances_<split>.json`, held compactly.
 
