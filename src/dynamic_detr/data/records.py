@@ -462,19 +462,19 @@ def _validate_annotations(raw: list[Any], images: dict[int, dict], refused: set[
             if iid not in refused:  # a refused image's own issue already names it
                 v.skip("unknown_image", f"{where}: annotation {aid}: refers to unknown image {iid}; dropped")
             continue
-        prefix = f"{where}: annotation {aid} (image {iid})"
         problem = box_problem(a.get("bbox"))
         if problem:
-            v.skip("bad_box", f"{prefix}: {problem}; dropped")
+            v.skip("bad_box", f"{where}: annotation {aid} (image {iid}): {problem}; dropped")
             continue
         box, overshoot = clip_box(list(a["bbox"]), img["width"], img["height"])
         if box is None:
-            v.skip("bad_box", f"{prefix}: box {_fmt(a['bbox'])} lies outside the "
+            v.skip("bad_box", f"{where}: annotation {aid} (image {iid}): box {_fmt(a['bbox'])} lies outside the "
                               f"{img['width']}x{img['height']} image; dropped")
             continue
         if overshoot > CLIP_TOLERANCE:
-            v.skip("clipped_box", f"{prefix}: box {_fmt(a['bbox'])} extends {overshoot:.1f} px outside the "
-                                  f"{img['width']}x{img['height']} image; clipped", severity="warning")
+            v.skip("clipped_box", f"{where}: annotation {aid} (image {iid}): box {_fmt(a['bbox'])} extends "
+                                  f"{overshoot:.1f} px outside the {img['width']}x{img['height']} image; clipped",
+                   severity="warning")
         area = a.get("area")
         if not (_is_number(area) and math.isfinite(area) and area > 0):
             area = box[2] * box[3]
