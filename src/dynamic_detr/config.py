@@ -176,6 +176,10 @@ class DataConfig:
     eval_max_size: int = 1333
     size_divisibility: int = 32
     """Padded batches are rounded up to a multiple of this."""
+    group_by_aspect: bool = True
+    """Training batches hold images of one orientation (portrait h > w, or landscape / square, from the JSON's
+    sizes), which cuts padding: `engine.sampler.GroupedBatchSampler` (at most one mixed batch per epoch and
+    rank, from the leftovers; same batch count, resumable). False: batches in the shuffled order as drawn."""
     num_workers: int = 2
 
 

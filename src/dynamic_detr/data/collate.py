@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from torchvision.ops import box_convert
 
 
@@ -87,20 +88,32 @@ def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]], size_divisibility:
     return Batch(images=out, masks=masks, targets=targets, unreadable=unreadable)
 
 
+def worker_init(worker_id: int) -> None:
+    """`worker_init_fn` of `build_loader`: `gc.freeze()` what a forked worker inherited, so that its garbage
+    collections never walk the parent's objects (a collection writes to every object it visits, which copies
+    their memory pages into the worker: copy-on-write growth that is not the worker's own)."""
+    gc.freeze()
+
+
 def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0,
                  size_divisibility: int = 32, sampler: Sampler | None = None, seed: int = 0) -> DataLoader:
     """A DataLoader of `Batch`es: shuffled when `train` and no `sampler`; seeded generator; persistent
-    workers when `num_workers > 0`; pinned memory when CUDA is available; drop_last=False. Not `train`:
-    stand-ins for undecodable images are dropped (`collate(drop_unreadable=True)`)."""
+    workers when `num_workers > 0` (started with `worker_init`); pinned memory when CUDA is available;
+    drop_last=False. Not `train`: stand-ins for undecodable images are dropped (`collate(drop_unreadable=True)`).
+    A `BatchSampler` (e.g.
+    `engine.sampler.GroupedBatchSampler`) forms the batches itself: `batch_size` is then its own."""
+    batches = isinstance(sampler, BatchSampler)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=1 if batches else batch_size,  # 1: DataLoader's default, required with batch_sampler
         shuffle=train and sampler is None,
-        sampler=sampler,
+        sampler=None if batches else sampler,
+        batch_sampler=sampler if batches else None,
         num_workers=num_workers,
         collate_fn=functools.partial(collate, size_divisibility=size_divisibility, drop_unreadable=not train),
         pin_memory=torch.cuda.is_available(),
         drop_last=False,
         persistent_workers=num_workers > 0,
+        worker_init_fn=worker_init,
         generator=torch.Generator().manual_seed(seed),
     )

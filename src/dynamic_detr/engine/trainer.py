@@ -36,7 +36,7 @@ from .inference import autocast, evaluate_model
 from .loading import read_trained, transfer_weights
 from .report import AP_KEYS, RunReport, atomic_write_json
 from .rundir import clear_run
-from .sampler import ResumableSampler, SeededDataset
+from .sampler import GroupedBatchSampler, ResumableSampler, SeededDataset
 from .schedule import WarmupStepSchedule
 
 _clock = time.perf_counter
@@ -227,6 +227,9 @@ class Trainer:
         m.num_classes, m.category_ids, m.class_names = len(ids), ids, names
         self.train_sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=t.seed,
                                               num_replicas=self.dist.world_size, rank=self.dist.rank)
+        if d.group_by_aspect:  # batches of one orientation; same set_epoch / per_rank, built per rank
+            self.train_sampler = GroupedBatchSampler(self.train_sampler, self.train_set.aspect_groups(),
+                                                     t.batch_size)
         self.val_sampler = ResumableSampler(len(self.val_set), shuffle=False, pad=False,
                                             num_replicas=self.dist.world_size, rank=self.dist.rank)
         workers = d.num_workers
