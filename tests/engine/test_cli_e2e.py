@@ -79,6 +79,32 @@ def test_eval_writes_metrics_and_detections(trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_eval_plots_writes_the_error_analysis(trained, tmp_path, capsys):
+    """`eval --plots DIR`: the analysis files, a confusion matrix over the val objects, the breakdown printed."""
+    from PIL import Image
+
+    from dynamic_detr.data.coco import CocoDetection
+
+    data, run = trained
+    plots = tmp_path / "plots"
+    code = main(["eval", "--checkpoint", str(run), "--data", str(data), "--plots", str(plots), "--workers", "0",
+                 "--plot-threshold", "0.2"])
+    assert code == 0
+    for name in ("pr_curves.png", "confusion_matrix.png", "errors.png", "val_gt_vs_pred.png"):
+        with Image.open(plots / name) as im:
+            im.verify()
+    cm = json.loads((plots / "confusion_matrix.json").read_text())
+    gt = CocoDetection(data, "val").coco_gt().dataset
+    assert cm["score_threshold"] == 0.2 and len(cm["names"]) == len(gt["categories"]) + 1
+    objects = sum(1 for a in gt["annotations"] if not a.get("iscrowd"))
+    assert sum(sum(row) for row in cm["counts"][:-1]) == objects  # every object found, confused or missed
+    printed = capsys.readouterr().out
+    assert "error breakdown (TIDE-style" in printed and str(plots) in printed
+    assert main(["eval", "--checkpoint", str(run), "--data", str(data), "--plots", str(plots),
+                 "--plot-threshold", "2"]) == 2
+
+
+@pytest.mark.slow
 def test_predict_draws_and_writes_json(trained, tmp_path, capsys):
     data, run = trained
     bad = tmp_path / "broken.png"

@@ -93,7 +93,10 @@ def test_run_folder_contents(easy, tmp_path):
     assert result.status == "finished" and result.epochs_done == 2
     for name in ("config.yaml", "results.csv", "last.pt", "best.pt", "metrics.json",
                  "weights/last.safetensors", "weights/best.safetensors",
-                 "plots/loss.png", "plots/ap.png", "plots/val_predictions.png"):
+                 "plots/loss.png", "plots/ap.png", "plots/val_predictions.png",
+                 "plots/pr_curves.png", "plots/pr_curves.json", "plots/confusion_matrix.png",
+                 "plots/confusion_matrix.csv", "plots/confusion_matrix.json", "plots/errors.png", "plots/errors.json",
+                 "plots/val_gt_vs_pred.png"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     rows = list(csv.DictReader((run / "results.csv").open()))

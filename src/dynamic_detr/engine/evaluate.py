@@ -40,6 +40,9 @@ class CocoEvaluator:
         self.class_names = {c: n if counts[n] == 1 else f"{n} (id {c})" for c, n in names.items()}
         self.detections: list[dict[str, Any]] = []
         self.skipped: dict[int, str] = {}
+        self.coco_eval: COCOeval | None = None
+        """The last `summarize()`'s COCOeval (its ground truth, detections, images and `eval` arrays), for the
+        error analysis (`engine/analysis.py`)."""
 
     def skip_images(self, reasons: dict[int, str]) -> None:
         """Leave these images out of the evaluation (their objects are neither found nor missed): images
@@ -79,6 +82,7 @@ class CocoEvaluator:
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
             coco_eval.summarize()
+        self.coco_eval = coco_eval
         metrics: dict[str, Any] = {name: _percent(coco_eval.stats[i]) for i, name in enumerate(AP_NAMES)}
         metrics["per_class"] = self._per_class(coco_eval)
         metrics["summary_text"] = text.getvalue().rstrip("\n")
@@ -88,15 +92,7 @@ class CocoEvaluator:
         return metrics
 
     def _results(self) -> COCO:
-        """The detections as a pycocotools results object; `loadRes` rejects an empty list, so no
-        detections give an empty results set over the same images and categories."""
-        if self.detections:
-            return self.coco_gt.loadRes([dict(d) for d in self.detections])
-        coco_dt = COCO()
-        coco_dt.dataset = {"images": list(self.coco_gt.dataset["images"]),
-                           "categories": list(self.coco_gt.dataset["categories"]), "annotations": []}
-        coco_dt.createIndex()
-        return coco_dt
+        return load_results(self.coco_gt, self.detections)
 
     def _per_class(self, coco_eval: COCOeval) -> dict[str, float | None]:
         precision = coco_eval.eval["precision"]  # [T iou, R recall, K class, A area, M maxdets]
@@ -113,6 +109,21 @@ class CocoEvaluator:
     def format_table(metrics: dict[str, Any]) -> str:
         """Same as the module-level `format_table`."""
         return format_table(metrics)
+
+
+def load_results(coco_gt: COCO, detections: list[dict[str, Any]]) -> COCO:
+    """COCO-format detections as a pycocotools results object (the dicts are copied: `loadRes` adds keys);
+    `loadRes` rejects an empty list, so no detections give an empty results set over the same images and
+    categories."""
+    if detections:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes([dict(d) for d in detections])
+    coco_dt = COCO()
+    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
+                       "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt.createIndex()
+    return coco_dt
 
 
 def format_table(metrics: dict[str, Any], columns: int = 3) -> str:

@@ -44,11 +44,13 @@ def predict_loader(model: torch.nn.Module, loader, device: torch.device, amp: st
 
 
 def evaluate_model(model: torch.nn.Module, loader, coco_gt, class_names: dict[int, str] | None,
-                   device: torch.device, amp: str = "none") -> tuple[dict[str, Any] | None, list[dict]]:
+                   device: torch.device, amp: str = "none",
+                   keep: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, list[dict]]:
     """COCO metrics and all ranks' detections on rank 0; (None, []) on the other ranks.
 
     Images that do not decode are left out of the scoring (not counted as misses, their stand-in not scored in
-    their place), named on stderr and in the metrics (`skipped_images`, `num_images`)."""
+    their place), named on stderr and in the metrics (`skipped_images`, `num_images`). `keep`, when given, receives
+    `evaluator`: the `CocoEvaluator` (with its COCOeval) on rank 0, for the error analysis."""
     unreadable: dict[int, str] = {}
     dets = predict_loader(model, loader, device, amp, unreadable=unreadable)
     gathered = dist_utils.all_gather_objects((dets, unreadable))
@@ -64,7 +66,10 @@ def evaluate_model(model: torch.nn.Module, loader, coco_gt, class_names: dict[in
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
         print(f"warning: evaluation skipped {len(skipped)} image(s) that could not be read, not scored: "
               f"{first}{more}", file=sys.stderr, flush=True)
-    return evaluator.summarize(), merged
+    metrics = evaluator.summarize()
+    if keep is not None:
+        keep["evaluator"] = evaluator
+    return metrics, merged
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

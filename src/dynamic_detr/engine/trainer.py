@@ -6,7 +6,8 @@ EMA, epoch and time budgets, checkpoint/resume, evaluation, and the run folder.
     run/tensorboard/         TensorBoard events
     run/last.pt, best.pt     full training state (atomic writes; `weights_only` loadable)
     run/weights/last.safetensors, best.safetensors   model weights (+ config in the metadata)
-    run/plots/               loss.png, ap.png, val_predictions.png
+    run/plots/               loss.png, ap.png, val_predictions.png, and at the end the error analysis of the last
+                             evaluation (engine/analysis.py): pr_curves, confusion_matrix, errors, val_gt_vs_pred
     run/metrics.json         final COCO evaluation
 """
 
@@ -175,6 +176,7 @@ class Trainer:
         self.report = RunReport(self.out) if self.dist.is_main else None
         self._last_metrics: dict[str, Any] | None = None
         self._last_dets: list[dict[str, Any]] = []
+        self._last_evaluator: Any = None  # the last evaluation's CocoEvaluator (rank 0), for the error analysis
         self._epoch_end_samples = 0
 
     # ------------------------------------------------------------------ setup
@@ -378,6 +380,8 @@ class Trainer:
                 stop.announce()
                 self.save()
         metrics = self._write_final_metrics() if status in ("finished", "time budget") else None
+        if metrics is not None:
+            self._write_analysis()
         if self.report is not None:
             self.report.close()
         return TrainResult(self.out, metrics, self.state["epoch"], status)
@@ -542,10 +546,14 @@ class Trainer:
         if stop is not None and not self.dist.distributed:
             loader = _StopAwareLoader(loader, stop)
         amp = self.cfg.train.amp
+        self._last_evaluator = None  # let the previous one's COCOeval go before the next is built
+        raw_keep: dict[str, Any] = {}
+        ema_keep: dict[str, Any] = {}
         try:
-            metrics, dets = evaluate_model(self.model, loader, gt, names, self.device, amp)
+            metrics, dets = evaluate_model(self.model, loader, gt, names, self.device, amp, keep=raw_keep)
             if self.ema is not None:
-                ema_metrics, ema_dets = evaluate_model(self.ema.module, loader, gt, names, self.device, amp)
+                ema_metrics, ema_dets = evaluate_model(self.ema.module, loader, gt, names, self.device, amp,
+                                                       keep=ema_keep)
         except RuntimeError:  # "DataLoader worker ... is killed by signal" once a stop is requested
             if stop is None or not stop.requested:
                 raise
@@ -554,6 +562,7 @@ class Trainer:
             ema_metrics["raw"] = {k: metrics[k] for k in AP_KEYS}
             metrics, dets = ema_metrics, ema_dets
         self._last_dets = dets
+        self._last_evaluator = (ema_keep if self.ema is not None else raw_keep).get("evaluator")
         return metrics
 
     def _end_epoch(self, metrics: dict[str, Any] | None) -> None:
@@ -615,6 +624,21 @@ class Trainer:
         data.update(epoch=self.state["epoch"], step=self.state["step"], weights="ema" if self.ema else "raw")
         atomic_write_json(self.out / "metrics.json", data)
         return data
+
+    def _write_analysis(self) -> None:
+        """The error analysis of the last evaluation into plots/ (rank 0). A failure only warns: the run is done."""
+        evaluator, self._last_evaluator = self._last_evaluator, None
+        if not self.dist.is_main or evaluator is None:
+            return
+        from .analysis import write_analysis
+        from .visualize import dataset_images
+
+        try:
+            write_analysis(self.out / "plots", evaluator, dataset_images(self.val_set, 8))
+        except Exception as e:  # never lose a finished run's exit status over its figures
+            print(f"warning: error analysis failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return
+        print(f"error analysis (PR curves, confusion matrix, error breakdown): {self.out / 'plots'}", flush=True)
 
 
 def param_groups(model: torch.nn.Module, t: Any) -> list[dict[str, Any]]:
