@@ -71,7 +71,8 @@ def show_samples(root: Path, split: str, out: Path, n: int, seed: int, augment: 
                  data_cfg: DataConfig, dataset: CocoDetection | None = None) -> list[Path]:
     """Write `out/<k>_<image stem>.png` for the first `n` samples of epoch 0 (`ResumableSampler` order with
     `seed`), ground truth drawn, augmented as in training when `augment`. Returns the written paths."""
-    dataset = dataset or CocoDetection(root, split)
+    if dataset is None:  # not `or`: an empty dataset is falsy
+        dataset = CocoDetection(root, split)
     view = SeededDataset(dataset, build_transforms(data_cfg, train=True) if augment else None)
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=seed)
     sampler.set_epoch(0)

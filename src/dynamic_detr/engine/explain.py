@@ -282,7 +282,7 @@ def plot_scale_attention(ex: Explanation, path: Path) -> None:
             v = table[r, c]
             ax.text(c, r, "-" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
                     color="white" if not math.isnan(v) and v < 0.6 else "black")
-    ax.set_xticks(range(3), NEIGHBOURS)
+    ax.set_xticks(range(3), list(NEIGHBOURS))
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title("scale attention (hard sigmoid, 0.5 at init)", fontsize=9)
     fig.tight_layout()
