@@ -49,7 +49,7 @@ class ExplainHooks:
     on exit. Per block, the lists grow by one entry per level in level order (finest first), since a block
     runs its levels in order whether or not they share modules.
 
-    Attributes (batch element 0, detached):
+    Attributes (batch element 0, detached, on the CPU):
         offsets[b][l]: [27, h_l, w_l] output of `LevelOps.offset` (18 offsets as (dy, dx) per tap, 9 mask
             logits), with `geometry[b][l]` = (stride, padding) of the `mid` deformable conv it feeds.
         scale[b][l]: [n] `ScaleAttention` output, branches in the block's order [mid, fine?, coarse?].
@@ -85,18 +85,18 @@ class ExplainHooks:
         self._handles.clear()
 
     def _on_offset(self, b: int, conv: nn.Module, module: nn.Module, args: tuple, out: Tensor) -> None:
-        self.offsets[b].append(out[0].detach().float())
+        self.offsets[b].append(out[0].detach().float().cpu())
         self.geometry[b].append((int(conv.stride[0]), int(conv.padding[0])))
 
     def _on_scale(self, b: int, module: nn.Module, args: tuple, out: Tensor) -> None:
-        self.scale[b].append(out[:, 0].detach().float().flatten())  # [n, B, 1, 1, 1] -> [n]
+        self.scale[b].append(out[:, 0].detach().float().flatten().cpu())  # [n, B, 1, 1, 1] -> [n]
 
     def _on_dyrelu(self, b: int, module: nn.Module, args: tuple, out: Tensor) -> None:
         coeffs = module.coefficients(args[0])  # 4 x [B, C, 1, 1]: the model's own parametrisation, re-read
-        self.dyrelu[b].append(torch.stack([c[0].flatten() for c in coeffs]).detach().float())
+        self.dyrelu[b].append(torch.stack([c[0].flatten() for c in coeffs]).detach().float().cpu())
 
     def _on_first_stage(self, module: nn.Module, args: tuple) -> None:
-        self.init_boxes = args[1][0].detach().float()  # DecoderStage.forward(query, boxes, ...)
+        self.init_boxes = args[1][0].detach().float().cpu()  # DecoderStage.forward(query, boxes, ...)
 
 
 @dataclass
@@ -171,7 +171,7 @@ def explain_image(model: nn.Module, cfg: Config, image: Tensor, device: torch.de
     if model.category_ids.numel():
         labels = model.category_ids.cpu()[labels]
     stages = torch.stack([st["boxes"][0].detach().float().cpu() for st in out["stages"]], dim=1)  # [K, S, 4]
-    init = hooks.init_boxes.cpu() if hooks.init_boxes is not None else stages[:, 0]
+    init = hooks.init_boxes if hooks.init_boxes is not None else stages[:, 0]
     stage_boxes = torch.cat([init[:, None], stages], dim=1)[queries]
 
     strides = [int(s) for s in model.backbone.strides]
@@ -188,7 +188,7 @@ def explain_image(model: nn.Module, cfg: Config, image: Tensor, device: torch.de
             if lv + 1 < n_lv:
                 scale[b, lv, 2] = next(rest)
         for lv, coeffs in enumerate(hooks.dyrelu[b]):
-            dyrelu[b, lv] = coeffs.mean(dim=1).cpu()
+            dyrelu[b, lv] = coeffs.mean(dim=1)
 
     h, w = image.shape[-2:]
     to_orig = torch.tensor([h / valid_h, w / valid_w])  # resized (model input) pixels -> original pixels
@@ -204,7 +204,7 @@ def explain_image(model: nn.Module, cfg: Config, image: Tensor, device: torch.de
             i = min(max(round(float(centres[d, 1]) / s - 0.5), 0), grid_h - 1)
             cells[d, lv] = torch.tensor([i, j])
             for b in range(blocks):
-                field = hooks.offsets[b][lv].cpu()
+                field = hooks.offsets[b][lv]
                 level_px[b, d, lv] = tap_positions(field[: 2 * TAPS], i, j, *hooks.geometry[b][lv])
                 masks[b, d, lv] = field[2 * TAPS:, i, j].sigmoid()
     stride_t = torch.tensor(strides, dtype=torch.float32)[None, None, :, None, None]
