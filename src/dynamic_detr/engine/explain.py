@@ -180,9 +180,9 @@ def explain_image(model: nn.Module, cfg: Config, image: Tensor, device: torch.de
     dyrelu = torch.full((blocks, levels, 4), math.nan)
     for b in range(blocks):
         n_lv = len(hooks.scale[b])
-        for lv, w in enumerate(hooks.scale[b]):
-            scale[b, lv, 1] = w[0]  # [mid, fine (if a finer level exists), coarse (if a coarser one does)]
-            rest = iter(w[1:].tolist())
+        for lv, weights in enumerate(hooks.scale[b]):
+            scale[b, lv, 1] = weights[0]  # [mid, fine (if a finer level exists), coarse (if a coarser one does)]
+            rest = iter(weights[1:].tolist())
             if lv > 0:
                 scale[b, lv, 0] = next(rest)
             if lv + 1 < n_lv:
