@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torchvision import tv_tensors
@@ -16,6 +16,9 @@ from torchvision import tv_tensors
 from ..config import Config
 from ..errors import UserError
 from .visualize import draw_detections
+
+if TYPE_CHECKING:
+    from ..data.collate import Batch
 
 
 class Predictor:
@@ -30,9 +33,8 @@ class Predictor:
         self.transform = build_transforms(cfg.data, train=False)
         self.names = dict(zip(cfg.model.category_ids, cfg.model.class_names, strict=False))
 
-    @torch.no_grad()
-    def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """uint8 [3, H, W] images -> per image `boxes` (xyxy original pixels), `scores`, `labels` (category ids)."""
+    def batch(self, images: list[torch.Tensor]) -> Batch:
+        """uint8 [3, H, W] images -> the model's input on `self.device`: eval transform, padding, masks."""
         from ..data.collate import collate
 
         samples = []
@@ -42,7 +44,12 @@ class Predictor:
                       "labels": torch.zeros(0, dtype=torch.int64), "image_id": i,
                       "orig_size": torch.tensor([h, w])}
             samples.append(self.transform(tv_tensors.Image(img), target))
-        batch = collate(samples, self.cfg.data.size_divisibility).to(self.device)
+        return collate(samples, self.cfg.data.size_divisibility).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """uint8 [3, H, W] images -> per image `boxes` (xyxy original pixels), `scores`, `labels` (category ids)."""
+        batch = self.batch(images)
         outputs = self.model(batch.images, batch.masks)
         orig = torch.stack([t["orig_size"] for t in batch.targets]).to(self.device)
         return [{k: v.cpu() for k, v in r.items()} for r in self.model.postprocess(outputs, orig)]

@@ -97,3 +97,15 @@ def save_grid(images: Sequence[torch.Tensor], path: Path, size: int = 320) -> No
     tiles = [resize(img, [size, size], antialias=True) for img in images]
     grid = make_grid(torch.stack(tiles), nrow=max(1, math.ceil(math.sqrt(len(tiles)))), padding=4, pad_value=255)
     Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy()).save(path)
+
+
+def draw_ground_truth(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
+                      class_names: Sequence[str]) -> torch.Tensor:
+    """Ground-truth boxes (xyxy pixels) with their class names on `image` (uint8 [3, H, W]); `labels` are
+    contiguous (index into `class_names`) and take the colour `draw_detections` gives the same class."""
+    if len(boxes) == 0:
+        return image
+    text = [class_names[int(c)] if 0 <= int(c) < len(class_names) else str(int(c)) for c in labels]
+    colors = [_PALETTE[int(c) % len(_PALETTE)] for c in labels]
+    width = max(1, round(min(image.shape[-2:]) / 256))
+    return draw_bounding_boxes(image, boxes.float(), labels=text, colors=colors, width=width)

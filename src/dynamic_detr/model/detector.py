@@ -282,18 +282,25 @@ def top_k_detections(logits: Tensor, boxes: Tensor, orig_sizes: Tensor, focal: b
     softmax: each query's best non-background class, top-k queries (DETR). Returns boxes [B, k, 4] xyxy in
     original pixels clamped to the image, scores [B, k], contiguous labels [B, k].
     """
-    logits, boxes = logits.float(), boxes.float()
-    b, k, c = logits.shape
-    if focal:
-        prob = logits.sigmoid().flatten(1)  # [B, K*C]
-        scores, idx = prob.topk(min(top_k, k * c), dim=1)
-        query, labels = idx // c, idx % c
-    else:
-        scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # [B, K]
-        scores, query = scores.topk(min(top_k, k), dim=1)
-        labels = labels.gather(1, query)
+    boxes = boxes.float()
+    b = logits.shape[0]
+    scores, query, labels = top_k_queries(logits, focal, top_k)
     boxes = boxes.gather(1, query[..., None].expand(-1, -1, 4))
     sizes = torch.as_tensor(orig_sizes, device=boxes.device).float().reshape(b, 2)
     scale = sizes.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] (w, h, w, h)
     xyxy = box_convert(boxes, "cxcywh", "xyxy") * scale
     return torch.minimum(xyxy.clamp(min=0), scale), scores, labels
+
+
+def top_k_queries(logits: Tensor, focal: bool, top_k: int = 100) -> tuple[Tensor, Tensor, Tensor]:
+    """The selection of `top_k_detections`: scores [B, k], the query index [B, k] of each detection and its
+    contiguous label [B, k] (`engine/explain.py` follows a detection back through the decoder stages)."""
+    logits = logits.float()
+    k, c = logits.shape[1:]
+    if focal:
+        prob = logits.sigmoid().flatten(1)  # [B, K*C]
+        scores, idx = prob.topk(min(top_k, k * c), dim=1)
+        return scores, idx // c, idx % c
+    scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # [B, K]
+    scores, query = scores.topk(min(top_k, k), dim=1)
+    return scores, query, labels.gather(1, query)

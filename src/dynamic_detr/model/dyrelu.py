@@ -35,10 +35,14 @@ class DyReLU(nn.Module):
         nn.init.zeros_(self.fc[2].weight)
         nn.init.zeros_(self.fc[2].bias)
 
-    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
-        """x: [B, C, H, W] -> [B, C, H, W]; the pooling is over `valid` [B, 1, H, W] (unpadded) when given."""
+    def coefficients(self, x: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x: [B, C, H, W] -> (a1, a2, b1, b2), each [B, C, 1, 1] (also read by `engine/explain.py`); the pooling
+        is over `valid` [B, 1, H, W] (each image's unpadded region, model/padding.py) when given."""
         h = F.hardsigmoid(self.fc(masked_mean(x, valid))) - 0.5  # [B, 4C], 0 at init
         a1, a2, b1, b2 = h[:, :, None, None].chunk(4, dim=1)
-        a1 = 2 * a1 * self.lambda_a + 1.0
-        a2 = 2 * a2 * self.lambda_a
-        return (x * a1 + b1 * self.lambda_b).maximum(x * a2 + b2 * self.lambda_b)
+        return 2 * a1 * self.lambda_a + 1.0, 2 * a2 * self.lambda_a, b1 * self.lambda_b, b2 * self.lambda_b
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """x: [B, C, H, W] -> [B, C, H, W]."""
+        a1, a2, b1, b2 = self.coefficients(x, valid)
+        return (x * a1 + b1).maximum(x * a2 + b2)
