@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test test-quick lint setup clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# the same without the tests marked slow (end-to-end CLI / demo runs, torchrun, fault injection, overfits,
+# benchmark runs): for a quick check while working; CI runs `make test`
+test-quick: $(STAMP) lint
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -1,6 +1,6 @@
 """Convergence: COCO AP after equal epochs and after equal minutes, Dynamic DETR vs its ablations vs peers.
 
-The paper's claims in miniature (PAPER.md): at equal epochs Dynamic DETR is far ahead of DETR and ahead of
+The paper's claims in miniature (docs/paper.md): at equal epochs Dynamic DETR is far ahead of DETR and ahead of
 Deformable DETR, most of all on small objects; the dynamic encoder and the 6 decoder stages are worth AP. And
 the convergence recipe one step at a time (peers.LADDER, config.RECIPE): the paper's model at the preset's
 size, + start-up fixes, + dense head, + query selection, + one-to-many, + denoising, + IoU-aware (= the preset).

@@ -1,4 +1,4 @@
-"""onnxruntime vs PyTorch eager: inference latency on CPU for a preset at its eval size (issue 7, item 5).
+"""onnxruntime vs PyTorch eager: inference latency on CPU for a preset at its eval size.
 
 Times the exported graph (forward + top-k post-processing) in three runtimes, same weights, same input:
 PyTorch eager (the encoder's `deform_impl=auto` kernel), onnxruntime on the native graph (`DeformConv`) and on

@@ -8,8 +8,8 @@ them with the same loop, data and COCO evaluator.
 
 Choices, the same for every contender:
 - Backbone: ResNet of the preset's depth, FPN width = the preset's hidden size, **trainable BatchNorm**: at
-  random init a frozen BN is an identity (PAPER.md: a DETR with frozen BN from scratch learned nothing), so
-  the peers' frozen BNs are swapped for trainable ones, like our `norm="auto"` does.
+  random init a frozen BN is an identity (a DETR with frozen BN from scratch learned nothing here,
+  docs/paper.md), so the peers' frozen BNs are swapped for trainable ones, like our `norm="auto"` does.
 - Optimiser: each model's customary one (`SETTINGS`), with the backbone at the same lr as the rest (the usual
   0.1x backbone lr protects pretrained weights, and there are none), the same linear warm-up, and a x0.1 drop
   for the last twelfth of the run (the 1x schedule's shape).

@@ -115,3 +115,46 @@ def test_predict_batch_size_must_be_positive(capsys, tmp_path):
               "--batch-size", "0"])
     assert e.value.code == 2
     assert "--batch-size: must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, key, line", [
+    ("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n", "lr", 4),  # in a section
+    ("train:\n  lr: 0.1\nname: a\ntrain:\n  epochs: 3\n", "train", 4),  # a whole section twice
+])
+def test_duplicate_keys_are_an_error(tmp_path, text, key, line):
+    """PyYAML keeps the last of two equal keys without a word: a config saying lr twice is refused."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: duplicate key '{key}' at line {line}"), message
+    assert "\n" not in message
+
+
+def test_same_key_in_different_sections_is_fine(tmp_path):
+    (tmp_path / "c.yaml").write_text("model:\n  decoder:\n    num_heads: 4\n  encoder:\n    num_blocks: 1\n"
+                                     "train:\n  lr: 0.001\ndata:\n  num_workers: 0\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.model.decoder.num_heads == 4 and cfg.train.lr == 0.001 and cfg.data.num_workers == 0
+
+
+def test_dump_is_atomic(tmp_path, monkeypatch):
+    """A write that fails halfway leaves the previous config.yaml whole, and no temp file."""
+    from pathlib import Path
+
+    path = tmp_path / "config.yaml"
+    get_preset("cpu_tiny").dump(path)
+    before = path.read_text()
+    real_write_text = Path.write_text
+
+    def half_then_fail(self, data, *args, **kwargs):
+        real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        get_preset("cpu_small").dump(path)
+    monkeypatch.undo()
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

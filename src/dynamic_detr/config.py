@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses, strict YAML load/dump, named presets, `key=value` overrides.
 
 Every field is documented where it is declared; `PRESETS` holds the named configurations
-(`paper_r50` follows PAPER.md, the `cpu_*` presets are for 2 CPU cores).
+(`paper_r50` follows the paper, docs/paper.md; the `cpu_*` presets are for 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 
 @dataclass
@@ -28,8 +29,8 @@ class BackboneConfig:
     """None (random init), a torchvision weights name ("DEFAULT", "IMAGENET1K_V1",
     "ResNet50_Weights.IMAGENET1K_V2") or a path to a local .pth / .safetensors state dict."""
     norm: str = "auto"
-    """"frozen_bn" | "bn" | "gn" | "auto". PAPER.md: frozen BN is right for pretrained weights but is an
-    identity at random init, so "auto" picks frozen_bn when weights are loaded and trainable BN otherwise.
+    """"frozen_bn" | "bn" | "gn" | "auto". Frozen BN is right for pretrained weights but is an identity at random
+    init (docs/paper.md), so "auto" picks frozen_bn when weights are loaded and trainable BN otherwise.
     "gn": GroupNorm(32) throughout the trunk, batch-size independent (from scratch, He et al. 2019; not in
     the paper); ImageNet weights load into it (the affine parameters), their BN statistics are dropped."""
     frozen_stages: int = 1
@@ -40,7 +41,7 @@ class BackboneConfig:
 @dataclass
 class EncoderConfig:
     enabled: bool = True
-    """Ablation switch: False gives the plain FPN pyramid (PAPER.md table: -2.7 AP)."""
+    """Ablation switch: False gives the plain FPN pyramid (the paper: -2.7 AP; docs/paper.md)."""
     num_blocks: int = 6
     """Dynamic encoder blocks (paper: 6)."""
     gn_groups: int = 16
@@ -49,9 +50,9 @@ class EncoderConfig:
     """Share a block's offset conv, deformable convs, scale attention and DyReLU across levels (DyHead does);
     False gives each level its own (5x the encoder parameters, same FLOPs)."""
     scale_fine_offsets: bool = True
-    """PAPER.md leaves open how s_i (predicted in level-i pixels) applies to the finer neighbour's stride-2
+    """The paper leaves open how s_i (predicted in level-i pixels) applies to the finer neighbour's stride-2
     conv: True doubles it so all three convs shift by the same image distance (the coarser neighbour's is
-    pooled and halved, as PAPER.md asks); False uses it unscaled, as DyHead does."""
+    pooled and halved; docs/paper.md); False uses it unscaled, as DyHead does."""
     deform_impl: str = "auto"
     """Kernel of the modulated deformable conv: "torchvision" (torchvision.ops.deform_conv2d), "sampled"
     (grid_sample + matmul, model/deform.py: same result, 5.7x faster on CPU here) or "auto" (sampled on CPU,
@@ -72,7 +73,7 @@ class DecoderConfig:
     num_queries: int = 300
     """Object queries K (paper: 300)."""
     num_heads: int = 4
-    """Heads of the query self-attention (summary: 4)."""
+    """Heads of the query self-attention (4, docs/paper.md)."""
     roi_size: int = 7
     """RoIAlign output size (paper: 7x7)."""
     roi_impl: str = "auto"
@@ -86,19 +87,19 @@ class DecoderConfig:
     dropout: float = 0.0
     """Dropout in attention / FFN."""
     detach_boxes: bool = True
-    """Stop the gradient through the box fed to the next stage (Sparse R-CNN; PAPER.md, Dynamic decoder)."""
+    """Stop the gradient through the box fed to the next stage (Sparse R-CNN; docs/paper.md, Dynamic decoder)."""
     box_pos: str = "sine"
     """Position of each query's box in its self-attention: "sine" (sine embedding of cxcywh + 2-layer MLP,
     added to q and k as DAB-DETR does) or "none" (Sparse R-CNN: content only)."""
     num_reg_layers: int = 1
-    """(FC, LN, ReLU) layers before the box-delta FC: PAPER.md B^ = refine(B, FC(ReLU(LN(FC(Q^))))) is 1;
+    """(FC, LN, ReLU) layers before the box-delta FC: the paper's B^ = refine(B, FC(ReLU(LN(FC(Q^))))) is 1;
     Sparse R-CNN uses 3."""
     zero_init_deltas: bool = True
     """Zero-init the last box-delta layer so every stage starts as the identity refinement (Deformable DETR
     does this for its box head); with Xavier init (Sparse R-CNN) the untrained later stages scatter the boxes
     and their early losses are worse than stage 1's."""
     num_cls_layers: int = 0
-    """(FC, LN, ReLU) layers before the class FC: PAPER.md C^ = Softmax(FC(Q^)) is 0; Sparse R-CNN uses 1."""
+    """(FC, LN, ReLU) layers before the class FC: the paper's C^ = Softmax(FC(Q^)) is 0; Sparse R-CNN uses 1."""
     roi_canonical_size: int = 224
     """RoI level rule: a box of this size (sqrt of its area, input pixels) is pooled from P4 and each doubling
     one level up (FPN: 224, the ImageNet size). At <= 320 px inputs 224 sends every box to P3."""
@@ -175,6 +176,10 @@ class DataConfig:
     eval_max_size: int = 1333
     size_divisibility: int = 32
     """Padded batches are rounded up to a multiple of this."""
+    group_by_aspect: bool = True
+    """Training batches hold images of one orientation (portrait h > w, or landscape / square, from the JSON's
+    sizes), which cuts padding: `engine.sampler.GroupedBatchSampler` (at most one mixed batch per epoch and
+    rank, from the leftovers; same batch count, resumable). False: batches in the shuffled order as drawn."""
     num_workers: int = 2
 
 
@@ -265,7 +270,8 @@ class Config:
         return cfg
 
     def dump(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the config as YAML, atomically (a crash leaves the previous file, never half of one)."""
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def validate(self, source: str = "config") -> None:
         """Cross-field checks; raises ConfigError naming the field."""
@@ -372,15 +378,47 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping."""
+
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {key!r} at line {line}")
+        self.key, self.line = key, line
+
+
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` (no Python tags, no object construction) that refuses a key given twice in one
+    mapping: PyYAML would silently keep the last value. Merge keys (`<<: *anchor`) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> Config:
-    """Load a YAML config (safe_load; unknown keys are errors with a suggestion)."""
+    """Load a YAML config (safe loader; a key given twice and unknown keys are errors, the latter with a
+    suggestion)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeySafeLoader)  # a SafeLoader: as safe as yaml.safe_load
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}: {e} (each key may appear once per section)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     return Config.from_dict(data or {}, source=str(path))
@@ -454,8 +492,8 @@ def recipe_rung(cfg: Config, steps: int) -> Config:
 
 # --------------------------------------------------------------------------- presets
 def _paper_r50() -> Config:
-    """PAPER.md: R50-FPN (P3-P7, 256-d), 6 encoder blocks, 6 decoder stages, 300 queries, 4 heads, 7x7 RoI,
-    multi-scale 480-800 / 1333, test 800 / 1333, AdamW 1e-4 (backbone 1e-5), 1x schedule."""
+    """The paper (docs/paper.md): R50-FPN (P3-P7, 256-d), 6 encoder blocks, 6 decoder stages, 300 queries,
+    4 heads, 7x7 RoI, multi-scale 480-800 / 1333, test 800 / 1333, AdamW 1e-4 (backbone 1e-5), 1x schedule."""
     cfg = Config(name="paper_r50")
     cfg.model.backbone.weights = "ResNet50_Weights.IMAGENET1K_V1"
     return cfg

@@ -3,29 +3,61 @@ so the script cannot rot; the peers' adapters keep to the shared contract."""
 
 from __future__ import annotations
 
+import importlib
 import json
-import sys
+import math
 
 import pytest
 import torch
-from bench_helpers import BENCH, run_bench
+from bench_helpers import BENCH, needs, run_bench
 
-sys.path.insert(0, str(BENCH))
-import peers
+from dynamic_detr.engine.evaluate import AP_NAMES
+
+
+@pytest.fixture(scope="module")
+def peers():
+    """benchmarks/peers.py, imported the way the scripts import it (their folder first on sys.path), with
+    sys.path restored afterwards: not a path insertion at import time that lasts the whole session."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCH))
+        return importlib.import_module("peers")
 
 
 @pytest.mark.slow
-def test_convergence_quick(tmp_path):
+@pytest.mark.timeout(1200)  # the two runs' own subprocess timeouts (600 s + 300 s) come first
+@needs("transformers", extra="bench")  # --quick trains every contender, the HF peers too
+def test_convergence_quick(tmp_path, peers):
     out = tmp_path / "res"
     run_bench("convergence.py", "--quick", "--out", str(out), "--work", str(tmp_path / "work"))
     report = json.loads((out / "convergence.json").read_text())
+    setup = report["setup"]
+    assert (setup["epochs"], setup["minutes"], setup["batch_size"]) == (1, 0.05, 4), setup
+    assert setup["data"].startswith("synthetic 16 train"), setup
+    per_epoch = math.ceil(16 / setup["batch_size"])  # batches per epoch (the last one kept)
     assert list(report["results"]) == list(peers.ALL)
-    for name, r in report["results"].items():
-        assert r["params"] > 1e6 and r["steps"] > 0, name
-        assert r["at_epochs"]["epoch"] == 1 and 0 <= r["at_epochs"]["AP"] <= 100, name
-        assert r["at_minutes"] is not None and r["at_minutes"]["minutes"] >= 0.05, name
-        assert r["skipped"] == 0, name
     md = (out / "convergence.md").read_text()
+    for name, r in report["results"].items():
+        assert r["params"] > 1e6 and r["skipped"] == 0, name
+        history, at_minutes = r["history"], r["at_minutes"]
+        assert [h["epoch"] for h in history] == list(range(1, len(history) + 1)) and history, name
+        assert r["at_epochs"] == history[0], name  # the equal-epochs point is epoch 1's evaluation
+        # whole epochs, plus at most one partial epoch to reach the minutes budget
+        assert per_epoch * len(history) <= r["steps"] <= per_epoch * (len(history) + 1), (name, r["steps"])
+        # training time: both budgets are met, the curve's minutes only grow and stay within it, and the
+        # evaluations are on top of it (wall time)
+        train_minutes = r["sec_per_step"] * r["steps"] / 60
+        assert train_minutes >= setup["minutes"] - 1e-9, name
+        minutes = [h["minutes"] for h in history]
+        assert minutes == sorted(minutes) and minutes[-1] <= train_minutes + 1e-9, name
+        assert at_minutes is not None, name
+        assert setup["minutes"] - 1e-9 <= at_minutes["minutes"] <= train_minutes + 1e-9, name
+        assert 0 <= at_minutes["epoch"] <= len(history) + 1, name
+        assert r["wall_minutes"] >= train_minutes, name
+        for point in [*history, at_minutes]:
+            for key in AP_NAMES:  # null: undefined (no object of that size)
+                assert point[key] is None or 0 <= point[key] <= 100, (name, key, point[key])
+        ap = r["at_epochs"]["AP"]
+        assert f"| {r['label']} | {'n/a' if ap is None else f'{ap:.1f}'} | " in md, name  # the table's figure
     assert "### Equal epochs (1)" in md and "### Equal minutes" in md
     assert all(peers.LABELS[n] in md for n in peers.ALL)
     assert (out / "convergence_ap_epochs.png").stat().st_size > 1000
@@ -36,7 +68,7 @@ def test_convergence_quick(tmp_path):
     assert "already in" in again.stdout
 
 
-def test_detr_postprocess_scales_to_original_pixels():
+def test_detr_postprocess_scales_to_original_pixels(peers):
     logits = torch.full((1, 3, 2), -9.0)
     logits[0, 1, 1] = 9.0  # query 1, class 1: the only confident pair
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.5, 0.5, 1.0], [0.9, 0.9, 0.5, 0.5]]])
@@ -50,7 +82,8 @@ def test_detr_postprocess_scales_to_original_pixels():
     torch.testing.assert_close(out["boxes"][0], torch.tensor([130.0, 65.0, 200.0, 100.0]))
 
 
-def test_hf_peers_train_batchnorm():
+@needs("transformers", extra="bench")
+def test_hf_peers_train_batchnorm(peers):
     """At random init a frozen BN is an identity: the HF peers get trainable BatchNorm like ours."""
     from dynamic_detr.config import get_preset
 

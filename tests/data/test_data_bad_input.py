@@ -203,6 +203,53 @@ def test_undecodable_image_substituted_and_reported(coco_writer, damage, reason:
     assert report.errors == [f"{path}: cannot decode image ({reason}) (image 1)"]
 
 
+def test_stand_in_keeps_its_own_target_and_names_the_failed_image(coco_writer) -> None:
+    """Training may serve another sample for an undecodable one, but with that sample's own target; the
+    failure rides along in `unreadable` so that evaluation can drop the stand-in (tests/data/test_data_collate)."""
+    root = coco_writer(images=[image(1), image(2), image(3)],
+                       annotations=[ann(5, 2, [1, 1, 4, 4]), ann(6, 3, [2, 2, 8, 8])])
+    bad = root / "train" / "0001.png"
+    bad.write_text("hello, not an image")
+    ds, _ = _load_quietly(root)
+    with pytest.warns(DatasetWarning, match="replaced by another sample"):
+        _, stand_in = ds[0]
+    _, own = ds[1]
+    assert stand_in["image_id"] == own["image_id"] == 2
+    assert stand_in["boxes"].tolist() == own["boxes"].tolist() == [[1.0, 1.0, 5.0, 5.0]]
+    assert stand_in["labels"].tolist() == own["labels"].tolist() == [0]
+    assert stand_in["unreadable"] == [
+        (1, f"{bad}: cannot decode image (not an image file, or an unsupported format)")]
+    assert "unreadable" not in own
+
+
+def test_extreme_aspect_ratio_image_refused(coco_writer) -> None:
+    """A 1 x 1000 image would resize to a 1 px sliver (0 px before the resize was clamped): refused at load
+    like a missing file, with its annotations; 100:1 (the limit) is kept."""
+    root = coco_writer(images=[image(1, w=1, h=1000), image(2), image(3, w=100, h=1)],
+                       annotations=[ann(5, 1, [0, 0, 1, 10]), ann(6, 2, [1, 1, 4, 4])])
+    ds, warned = _load_quietly(root)
+    assert ds.image_ids == [2, 3]
+    assert ds.coco_gt().getImgIds() == [2, 3] and ds.coco_gt().getAnnIds() == [6]
+    msg = (f"{root / 'train' / '0001.png'}: a 1x1000 image: aspect ratio 1000:1 exceeds the 100:1 limit "
+           "(image 1); image refused")
+    assert len(warned) == 1 and msg in warned[0] and "1 images with an extreme aspect ratio" in warned[0]
+    assert check_dataset(root, "train").errors == [msg]
+
+
+def test_image_decoding_to_an_extreme_aspect_ratio_is_substituted(coco_writer) -> None:
+    """The JSON says 40x30 but the file is 1x1000: treated like an undecodable file when read."""
+    root = coco_writer(images=[image(1), image(2)], annotations=[ann(5, 2, [1, 1, 4, 4])])
+    path = root / "train" / "0001.png"
+    Image.new("RGB", (1, 1000)).save(path)
+    ds, _ = _load_quietly(root)
+    problem = f"{path}: a 1x1000 image: aspect ratio 1000:1 exceeds the 100:1 limit (image 1)"
+    with pytest.warns(DatasetWarning, match="replaced by another sample") as w:
+        _, t = ds[0]
+    assert str(w[0].message).startswith(problem)
+    assert t["image_id"] == 2 and t["unreadable"] == [(1, problem)]
+    assert f"{problem}; not usable" in check_dataset(root, "train").errors
+
+
 def test_all_images_undecodable_stops(coco_writer) -> None:
     root = coco_writer(images=[image(1)], annotations=[])
     (root / "train" / "0001.png").write_text("junk")

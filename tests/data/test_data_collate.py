@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import ann, image
 from torchvision import tv_tensors
 
 from dynamic_detr.config import get_preset
-from dynamic_detr.data import Batch, CocoDetection, build_loader, build_transforms, collate
+from dynamic_detr.data import Batch, CocoDetection, DatasetWarning, build_loader, build_transforms, collate
 
 
 def _item(h: int, w: int, boxes: list[list[float]], image_id: int, fill: float = 0.5):
@@ -90,3 +91,48 @@ def test_loader_with_sampler(synth_root: Path) -> None:
 def test_empty_batch_rejected() -> None:
     with pytest.raises(ValueError, match="empty batch"):
         collate([])
+
+
+def _with_undecodable_second_image(coco_writer) -> tuple[CocoDetection, Path]:
+    root = coco_writer(images=[image(1), image(2), image(3)],
+                       annotations=[ann(5, 1, [1, 1, 4, 4]), ann(6, 2, [1, 1, 4, 4]), ann(7, 3, [2, 2, 8, 8])])
+    bad = root / "train" / "0002.png"
+    bad.write_bytes(b"not an image")
+    return CocoDetection(root, "train", build_transforms(get_preset("cpu_tiny").data, train=False)), bad
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_eval_loader_drops_stand_ins_and_reports_them(coco_writer, batch_size: int) -> None:
+    """Evaluation: the sample served for an undecodable image is not scored in its place (it comes again at
+    its own index); the failed image is named in `Batch.unreadable`. A batch may end up empty."""
+    ds, bad = _with_undecodable_second_image(coco_writer)
+    loader = build_loader(ds, batch_size=batch_size, train=False, size_divisibility=32)
+    with pytest.warns(DatasetWarning, match="cannot decode image"):
+        batches = list(loader)
+    assert [t["image_id"] for b in batches for t in b.targets] == [1, 3]  # each image once, 2 not at all
+    failed = [u for b in batches for u in b.unreadable]
+    assert [i for i, _ in failed] == [2] and failed[0][1].startswith(f"{bad}: cannot decode image")
+    if batch_size == 1:
+        empty = batches[1]
+        assert len(empty) == 0 and empty.targets == [] and empty.unreadable == failed
+
+
+def test_train_loader_keeps_stand_ins_with_their_own_target(coco_writer) -> None:
+    ds, _ = _with_undecodable_second_image(coco_writer)
+    loader = build_loader(ds, batch_size=3, train=True, size_divisibility=32, sampler=[0, 1, 2])
+    with pytest.warns(DatasetWarning):
+        (batch,) = list(loader)
+    assert [t["image_id"] for t in batch.targets] == [1, 3, 3]  # image 3 stands in for image 2
+    torch.testing.assert_close(batch.targets[1]["boxes"], batch.targets[2]["boxes"])  # image 3's own boxes
+    assert [i for i, _ in batch.unreadable] == [2]
+
+
+def test_collate_of_stand_ins_only() -> None:
+    img, t = _item(8, 8, [[1, 1, 4, 4]], 5)
+    t["unreadable"] = [(4, "x/0004.png: cannot decode image (truncated file)")]
+    kept = collate([(img, t)], drop_unreadable=False)
+    assert len(kept) == 1 and kept.targets[0]["image_id"] == 5 and "unreadable" not in kept.targets[0]
+    dropped = collate([(img, t)], drop_unreadable=True)
+    assert len(dropped) == 0 and dropped.images.shape[0] == 0 and dropped.masks.shape[0] == 0
+    assert dropped.unreadable == kept.unreadable == [(4, "x/0004.png: cannot decode image (truncated file)")]
+    assert dropped.to("cpu").unreadable == dropped.unreadable

@@ -5,17 +5,19 @@ one-line message) or a documented skip/warning, never another exception type or 
 from __future__ import annotations
 
 import json
-import tempfile
 import warnings
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+import pytest
 from PIL import Image
 
 from dynamic_detr.data.check import check_dataset
 from dynamic_detr.data.coco import CocoDetection
 from dynamic_detr.errors import UserError
+
+hypothesis = pytest.importorskip("hypothesis")  # the dev extra: without it this module is skipped
+st = pytest.importorskip("hypothesis.strategies")
+HealthCheck, given, settings = hypothesis.HealthCheck, hypothesis.given, hypothesis.settings
 
 EXAMPLES = 120  # bounded: each example loads a 2-image dataset twice
 
@@ -70,8 +72,11 @@ def _mutated(draw) -> dict:
     return data
 
 
-def _root() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="fuzz-coco-"))
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two images (24x16) the JSON of each example refers to; each test writes its own annotation file.
+    Module-scoped: hypothesis refuses function-scoped fixtures (they are not reset between its examples)."""
+    root = tmp_path_factory.mktemp("fuzz-coco")
     (root / "train").mkdir()
     (root / "annotations").mkdir()
     for name in ("a.png", "b.png"):
@@ -79,19 +84,16 @@ def _root() -> Path:
     return root
 
 
-ROOT = _root()
-
-
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(_mutated())
-def test_malformed_coco_json_gives_user_errors_or_skips(data):
+@given(data=_mutated())
+def test_malformed_coco_json_gives_user_errors_or_skips(root: Path, data: dict) -> None:
     text = json.dumps(data, ensure_ascii=False)  # NaN / Infinity tokens too: Python's json writes them
-    (ROOT / "annotations" / "instances_train.json").write_text(text, encoding="utf-8", errors="surrogatepass")
+    (root / "annotations" / "instances_train.json").write_text(text, encoding="utf-8", errors="surrogatepass")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            ds = CocoDetection(ROOT, "train")
+            ds = CocoDetection(root, "train")
         except UserError as e:
             assert str(e) and "\n" not in str(e).strip(), str(e)
         else:
@@ -102,7 +104,7 @@ def test_malformed_coco_json_gives_user_errors_or_skips(data):
                 assert bool((target["labels"] >= 0).all())
             ds.coco_gt()
         try:
-            report = check_dataset(ROOT, "train", workers=1, progress=False)
+            report = check_dataset(root, "train", workers=1, progress=False)
         except UserError as e:
             assert str(e) and "\n" not in str(e).strip(), str(e)
         else:
@@ -110,7 +112,7 @@ def test_malformed_coco_json_gives_user_errors_or_skips(data):
             assert all(isinstance(m, str) for m in report.errors + report.warnings)
 
 
-def test_fuzz_base_dataset_is_clean():
-    (ROOT / "annotations" / "instances_train.json").write_text(json.dumps(BASE))
-    assert len(CocoDetection(ROOT, "train")) == 2
-    assert check_dataset(ROOT, "train", workers=1, progress=False).ok
+def test_fuzz_base_dataset_is_clean(root: Path) -> None:
+    (root / "annotations" / "instances_train.json").write_text(json.dumps(BASE))
+    assert len(CocoDetection(root, "train")) == 2
+    assert check_dataset(root, "train", workers=1, progress=False).ok

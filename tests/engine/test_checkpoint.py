@@ -251,3 +251,99 @@ def test_check_compatible_reports_missing_and_unexpected_keys() -> None:
     assert "2 missing keys e.g. 2.weight, 2.bias" in msg
     assert "1 unexpected key e.g. head.extra" in msg
     assert "shape mismatch" not in msg
+
+
+# --------------------------------------------------------------------------- malformed but loadable files
+def _resumable() -> dict:
+    """A well-formed training state as the trainer writes it (a valid config, optimizer, counters, RNG)."""
+    from dynamic_detr.config import get_preset
+    from dynamic_detr.engine.distributed import rng_state
+
+    state = _train_state()
+    state.update(config=get_preset("cpu_tiny").to_dict(), epoch_samples=0, step=7, elapsed=1.5,
+                 nonfinite_total=0, minutes=None, world_size=1, batch_size=4, rng=[rng_state()],
+                 epoch_stats={"sums": {"loss": 1.0}, "count": 1, "skipped": 0, "seconds": 0.5})
+    del state["rng_torch"]
+    return state
+
+
+# case -> (what to change in a resumable state (None: drop the key), loader that must refuse it, words)
+MALFORMED = {
+    "top_level_tuple": (None, "load", "holds a tuple"),
+    "truncated": (None, "load", "truncated"),
+    "model_int_value": ({"model": {"w": torch.zeros(2), "n": 3}}, "load", "'model' entry 'n' is a int, not a tensor"),
+    "model_list_value": ({"model": {"w": [1.0, 2.0]}}, "load", "'model' entry 'w' is a list"),
+    "model_int_key": ({"model": {0: torch.zeros(2)}}, "load", "'model' has a int key 0"),
+    "ema_list": ({"ema": [torch.zeros(2)]}, "load", "'ema' is a list, not a state dict"),
+    "ema_str_value": ({"ema": {"module.w": "x"}}, "load", "'ema' entry 'module.w' is a str"),
+    "config_list": ({"config": [1, 2]}, "load", "'config' is a list, not a mapping"),
+    "optimizer_str": ({"optimizer": "adamw"}, "load", "'optimizer' is a str, not a mapping"),
+    "ema_without_module_weights": ({"ema": {"n_averaged": torch.tensor(3)}}, "model", "holds no 'module.*'"),
+    "model_missing_config": ({"config": None}, "model", "holds no config"),
+    "missing_config": ({"config": None}, "resume", "no 'config'"),
+    "missing_optimizer": ({"optimizer": None}, "resume", "weights only"),
+    "optimizer_without_state": ({"optimizer": {"param_groups": []}}, "resume", "'optimizer' has no 'state'"),
+    "config_unknown_key": ({"config": {"train": {"lrr": 1.0}}}, "resume", "unknown key 'lrr'"),
+    "step_is_text": ({"step": "7"}, "resume", "'step' is '7', expected int"),
+    "negative_epoch": ({"epoch": -1}, "resume", "'epoch' is -1"),
+    "epoch_stats_list": ({"epoch_stats": [1, 2]}, "resume", "'epoch_stats' is not"),
+    "rng_not_a_list": ({"rng": {"torch": torch.get_rng_state()}}, "resume", "'rng' is not a non-empty list"),
+    "rng_float_tensor": ({"rng": [{"torch": torch.zeros(4)}]}, "resume", "'rng'[0]['torch'] is not a uint8"),
+    "rng_short_state": ({"rng": [{"torch": torch.zeros(4, dtype=torch.uint8)}]}, "resume", "bytes, not"),
+    "rng_numpy_garbage": ({"rng": [{"numpy": {"name": "MT19937"}}]}, "resume", "'rng'[0]['numpy'] is malformed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_checkpoints_give_one_line_errors(tmp_path: Path, case: str) -> None:
+    """Files torch.load reads without complaint but whose content is wrong: the loader that uses the entry
+    (load_checkpoint, load_model or a resume's check_training_state) names the file and the problem."""
+    from dynamic_detr.engine.checkpoint import check_training_state
+    from dynamic_detr.engine.loading import load_model
+
+    change, loader, words = MALFORMED[case]
+    path = tmp_path / f"{case}.pt"
+    if case == "top_level_tuple":
+        torch.save((torch.zeros(2), {"epoch": 1}), path)
+    elif case == "truncated":
+        save_checkpoint(path, _resumable())
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        state = {"format": ckpt.FORMAT, "version": ckpt.VERSION, **_resumable()}
+        for k, v in change.items():
+            if v is None:
+                del state[k]
+            else:
+                state[k] = v
+        torch.save(state, path)  # torch.save, not save_checkpoint: nothing checks it on the way in
+    with pytest.raises(CheckpointError) as info:
+        if loader == "load":
+            load_checkpoint(path)
+        elif loader == "model":
+            load_model(path)
+        else:
+            check_training_state(load_checkpoint(path), path)
+    message = str(info.value)
+    assert str(path) in message and words in message, message
+    assert "\n" not in message
+
+
+def test_well_formed_training_state_passes_the_resume_checks(tmp_path: Path) -> None:
+    from dynamic_detr.engine.checkpoint import check_training_state
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _resumable())
+    check_training_state(load_checkpoint(path), path)
+    old = {**_resumable(), "rng_torch": torch.get_rng_state()}  # before per-rank RNG states
+    del old["rng"]
+    check_training_state(old, path)
+
+
+def test_check_compatible_rejects_non_tensor_values() -> None:
+    state = dict(_model().state_dict())
+    state["0.weight"] = 3  # right key, not a tensor: the shape check used to skip it
+    with pytest.raises(CheckpointError) as info:
+        check_compatible(state, _model(), source="runs/a/best.pt")
+    assert str(info.value) == ("runs/a/best.pt: malformed checkpoint: 'model' entry '0.weight' is a int, "
+                               "not a tensor")

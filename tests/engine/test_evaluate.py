@@ -1,14 +1,19 @@
-"""CocoEvaluator on a hand-made in-memory COCO ground truth."""
+"""CocoEvaluator on a hand-made in-memory COCO ground truth; evaluate_model with an undecodable val image."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
+from engine_helpers import make_easy_dataset, tiny_config
 from pycocotools.coco import COCO
 
+from dynamic_detr.data import CocoDetection, DatasetWarning, build_loader, build_transforms
 from dynamic_detr.engine.evaluate import CocoEvaluator, format_table, to_coco_detections
+from dynamic_detr.engine.inference import evaluate_model
+from dynamic_detr.engine.sampler import SeededDataset
 
 # category 9 ("bird") has no ground truth; ids are not contiguous on purpose
 GT_BOXES = {  # image id -> [(category id, [x, y, w, h])]
@@ -133,3 +138,51 @@ def test_round_trip_through_to_coco_detections(gt: COCO) -> None:
     ev = CocoEvaluator(gt)
     ev.update(to_coco_detections(results, ids))
     assert ev.summarize()["AP"] == pytest.approx(100.0)
+
+
+def test_skipped_image_is_left_out_of_the_scoring(gt: COCO) -> None:
+    """Image 2 could not be read: its objects are neither found nor missed, and the table says so."""
+    dets = [d for d in _perfect() if d["image_id"] != 2]
+    reference = CocoEvaluator(gt)
+    reference.update(dets)
+    assert reference.summarize()["AP50"] < 100  # scored, image 2's objects count as misses
+    ev = CocoEvaluator(gt)
+    ev.update(dets)
+    ev.skip_images({2: "val/2.png: cannot decode image (truncated file)"})
+    m = ev.summarize()
+    assert m["AP"] == pytest.approx(100.0) and m["num_images"] == 2
+    assert m["skipped_images"] == ["val/2.png: cannot decode image (truncated file)"]
+    table = format_table(m)
+    assert "2 images scored; 1 skipped" in table and "val/2.png: cannot decode image" in table
+    with pytest.raises(ValueError, match="image_id 42"):
+        ev.skip_images({42: "nope"})
+
+
+class _WholeImageModel(torch.nn.Module):
+    """A stand-in detector: one detection per image, its whole frame, category 3, score 0.5."""
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return {"n": torch.tensor(float(images.shape[0]))}
+
+    def postprocess(self, outputs: dict, orig_sizes: torch.Tensor, top_k: int = 100) -> list[dict]:
+        return [{"boxes": torch.tensor([[0.0, 0.0, float(w), float(h)]]), "scores": torch.tensor([0.5]),
+                 "labels": torch.tensor([3])} for h, w in orig_sizes.tolist()]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_undecodable_val_image_is_skipped_not_scored_twice(tmp_path, capsys, batch_size: int) -> None:
+    """Issue 11: the dataset served the next image in place of an undecodable one, with that image's id, so
+    evaluation scored the next image twice and counted the broken one's objects as misses."""
+    root = make_easy_dataset(tmp_path / "data", {"val": 4})
+    bad = root / "val" / "0001.png"  # image id 2
+    bad.write_bytes(b"not an image")
+    ds = CocoDetection(root, "val")
+    loader = build_loader(SeededDataset(ds, build_transforms(tiny_config().data, train=False)), batch_size,
+                          train=False, size_divisibility=32)
+    with pytest.warns(DatasetWarning, match="cannot decode image"):
+        metrics, dets = evaluate_model(_WholeImageModel(), loader, ds.coco_gt(), None, torch.device("cpu"))
+    assert Counter(d["image_id"] for d in dets) == {1: 1, 3: 1, 4: 1}  # each readable image once
+    assert metrics is not None and metrics["num_images"] == 3
+    (skipped,) = metrics["skipped_images"]
+    assert skipped.startswith(f"{bad}: cannot decode image")
+    assert str(bad) in capsys.readouterr().err and str(bad) in format_table(metrics)

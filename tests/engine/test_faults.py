@@ -21,7 +21,10 @@ from dynamic_detr.engine.checkpoint import load_checkpoint
 DRIVER = Path(__file__).with_name("fault_driver.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 EPOCHS = 2  # 8 train images, batch 2: 4 steps per epoch, 8 in all
-TIMEOUT = 300
+TIMEOUT = 300  # per subprocess (or wait for one)
+# per test (pytest-timeout): several training runs of a few tens of seconds each, and room for one of them to
+# hang until its own TIMEOUT, which then fails the test with its output
+TEST_TIMEOUT = 1200
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,7 @@ def _check_finished(run: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TEST_TIMEOUT)
 def test_sigkill_mid_step_mid_save_mid_eval_then_resume_equals_uninterrupted(setup, tmp_path):
     data, cfg = setup
     ref = _train(data, cfg, tmp_path / "ref")
@@ -88,24 +92,30 @@ def test_sigkill_mid_step_mid_save_mid_eval_then_resume_equals_uninterrupted(set
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TEST_TIMEOUT)
 def test_sigkill_while_checkpoint_temp_file_exists_then_resume(setup, tmp_path):
     """A real race: poll for the checkpoint temp file and SIGKILL as soon as it is seen (a few times)."""
     data, cfg = setup
     run = tmp_path / "run"
     kills = 0
     for attempt in range(3):
+        # stderr is not read: DEVNULL, not an unread pipe whose full buffer would block the child
         proc = subprocess.Popen(_train_cmd(data, cfg, run, resume=attempt > 0), env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        seen_before = set(run.glob(".last.pt.*.tmp")) if run.exists() else set()
-        deadline = time.monotonic() + TIMEOUT
-        while proc.poll() is None and time.monotonic() < deadline:
-            if run.exists() and set(run.glob(".last.pt.*.tmp")) - seen_before and (run / "last.pt").exists():
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-                break
-            time.sleep(0.002)
-        proc.wait(timeout=TIMEOUT)
-        proc.stderr.close()
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            seen_before = set(run.glob(".last.pt.*.tmp")) if run.exists() else set()
+            deadline = time.monotonic() + TIMEOUT
+            while proc.poll() is None and time.monotonic() < deadline:
+                if run.exists() and set(run.glob(".last.pt.*.tmp")) - seen_before and (run / "last.pt").exists():
+                    proc.send_signal(signal.SIGKILL)
+                    kills += 1
+                    break
+                time.sleep(0.002)
+            proc.wait(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:  # a failing test must not leave a training running
+                proc.kill()
+                proc.wait()
         if (run / "last.pt").exists():
             load_checkpoint(run / "last.pt")  # never half-written
     assert kills >= 1
@@ -115,18 +125,24 @@ def test_sigkill_while_checkpoint_temp_file_exists_then_resume(setup, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(TEST_TIMEOUT)
 def test_sigterm_to_process_group_with_workers_stops_gracefully_and_resumes(setup, tmp_path):
     data, cfg = setup
     run = tmp_path / "run"
     cmd = _train_cmd(data, cfg, run, False, "data.num_workers=2")
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline = time.monotonic() + TIMEOUT
-    while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be signalled"
-    os.killpg(proc.pid, signal.SIGTERM)  # the main process and its DataLoader workers, like `kill -TERM -PGID`
-    out, err = proc.communicate(timeout=TIMEOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before it could be signalled"
+        os.killpg(proc.pid, signal.SIGTERM)  # the main process and its DataLoader workers, like `kill -TERM -PGID`
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:  # a failing test must not leave the training and its workers running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     assert proc.returncode == 130, err[-3000:]
     assert "SIGTERM" in err and "Traceback" not in err, err[-3000:]
     assert "interrupted" in out

@@ -14,13 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
+from dynamic_detr.cli.main import main
 from dynamic_detr.config import get_preset
 from dynamic_detr.engine.predictor import Predictor
+from dynamic_detr.errors import UserError
 from dynamic_detr.model import DynamicDETR
+
+hypothesis = pytest.importorskip("hypothesis")  # the dev extra: without it this module is skipped
+st = pytest.importorskip("hypothesis.strategies")
+HealthCheck, given, settings = hypothesis.HealthCheck, hypothesis.given, hypothesis.settings
 
 N_IMAGES = 1000  # the issue's load: 100 corrupt, 4 huge, the rest tiny, gray, RGBA, palette, 16-bit, RGB
 HUGE = (4000, 3000)
@@ -41,6 +45,15 @@ def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "m"
     model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def loaded_model(model_dir):
+    """(model, config) loaded from `model_dir` once for this module's in-process tests (was a module-level cache
+    that kept the model alive for the rest of the session)."""
+    from dynamic_detr.engine.loading import load_model
+
+    return load_model(model_dir)
 
 
 def _write_mix(folder: Path) -> set[str]:
@@ -75,6 +88,7 @@ def _write_mix(folder: Path) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # 1,000 images to write, then two predict runs (their own limits: 600 s each)
 def test_predict_over_many_mixed_images_streams(model_dir, tmp_path):
     images = tmp_path / "images"
     bad = _write_mix(images)
@@ -119,18 +133,61 @@ Image.new("RGB", (20, 10), (9, 9, 9)).save(_PNG, "PNG")
                  st.binary(max_size=200).map(lambda b: _PNG.getvalue()[:40] + b),
                  st.binary(max_size=200).map(lambda b: b"\xff\xd8\xff\xe0" + b),
                  st.binary(max_size=200).map(lambda b: b"GIF89a" + b)))
-def test_malformed_image_bytes_reported_and_run_continues(model_dir, tmp_path_factory, data):
+def test_malformed_image_bytes_reported_and_run_continues(loaded_model, tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("fuzzimg")
-    from dynamic_detr.engine.loading import load_model
-
-    model, cfg = _MODEL.get("m") or _MODEL.setdefault("m", load_model(model_dir))
+    model, cfg = loaded_model
     (folder / "0.png").write_bytes(_PNG.getvalue())
     (folder / "1.png").write_bytes(data)
     (folder / "2.png").write_bytes(_PNG.getvalue())
     files = [folder / f"{i}.png" for i in range(3)]
-    n_ok, _, failed = Predictor(model, cfg, torch.device("cpu")).predict_files(files, folder, 0.5, batch_size=2)
+    out = folder / "out"  # not the input folder: that is refused (drawings would overwrite the inputs)
+    out.mkdir()
+    n_ok, _, failed = Predictor(model, cfg, torch.device("cpu")).predict_files(files, out, 0.5, batch_size=2)
     assert n_ok + len(failed) == 3 and n_ok >= 2
     assert all("1.png" in m and "\n" not in m for m in failed)
 
 
-_MODEL: dict = {}
+def test_extreme_aspect_ratio_reported_and_run_continues(model_dir, tmp_path, capsys):
+    """Issue 11: a 1x1000 image resized to 0 px and `predict` crashed. Now it is named, counted, skipped;
+    an image at the 100:1 limit (resized to 1 x 192 px here) is still predicted."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_ok.png").write_bytes(_PNG.getvalue())
+    Image.new("RGB", (1, 1000), (200, 200, 200)).save(folder / "b_strip.png")
+    Image.new("RGB", (200, 2), (200, 200, 200)).save(folder / "c_limit.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(model_dir), "--device", "cpu", "--out", str(out),
+                 str(folder)]) == 1  # 1: an input was skipped
+    text = capsys.readouterr().out
+    assert "2 image(s)" in text and "1 input(s) skipped" in text
+    assert f"{folder / 'b_strip.png'}: a 1x1000 image: aspect ratio 1000:1 exceeds the 100:1 limit; skipped" in text
+    assert sorted(p.name for p in out.glob("*.json")) == ["a_ok.json", "c_limit.json"]
+    limit = json.loads((out / "c_limit.json").read_text())
+    assert (limit["width"], limit["height"]) == (200, 2)
+
+
+def test_output_folder_holding_inputs_is_refused(model_dir, loaded_model, tmp_path, capsys):
+    """Issue 11: `--out` = the input folder overwrote a.png with its drawn copy. Refused, inputs untouched;
+    the same folder reached through a symlink too; a sub-folder is fine."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(_PNG.getvalue())
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    model, cfg = loaded_model
+    files = sorted(folder.iterdir())
+    with pytest.raises(UserError, match="holds the input"):
+        Predictor(model, cfg, torch.device("cpu")).predict_files(files, folder, 0.5)
+    link = tmp_path / "link"
+    link.symlink_to(folder, target_is_directory=True)
+    for out, inputs in ((folder, [folder]), (link, [folder / "a.png"]), (folder, [link / "b.png"])):
+        assert main(["predict", "--checkpoint", str(model_dir), "--device", "cpu", "--out", str(out),
+                     *map(str, inputs)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {out}: the output folder holds the input") and "--out" in err, err
+        assert "\n" not in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert main(["predict", "--checkpoint", str(model_dir), "--device", "cpu", "--out", str(folder / "pred"),
+                 str(folder)]) == 0
+    assert sorted(p.name for p in (folder / "pred").iterdir()) == ["a.json", "a.png", "b.json", "b.png"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

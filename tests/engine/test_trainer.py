@@ -8,10 +8,10 @@ import signal
 
 import pytest
 import torch
-from engine_helpers import make_easy_dataset, tiny_config
+from engine_helpers import inject_nonfinite, make_easy_dataset, nonfinite_tensors, tiny_config
 
 from dynamic_detr.config import apply_overrides
-from dynamic_detr.engine.checkpoint import load_checkpoint
+from dynamic_detr.engine.checkpoint import load_checkpoint, load_weights
 from dynamic_detr.engine.trainer import Trainer
 
 
@@ -44,12 +44,18 @@ def _overfit(tmp_path, amp: str, overrides: tuple[str, ...] = ()) -> dict:
     return result.metrics
 
 
+# pytest-timeout for one overfit run (192 steps and an evaluation, in process); a module fixture's setup counts
+# in the first test that uses it
+OVERFIT_TIMEOUT = 900
+
+
 @pytest.fixture(scope="module")
 def fp32_overfit(tmp_path_factory):
     return _overfit(tmp_path_factory.mktemp("overfit_fp32"), "none")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(OVERFIT_TIMEOUT)
 def test_overfit_reaches_high_ap(fp32_overfit):
     """A few images, a few hundred steps: the detector must fit its training set (AP near 100)."""
     assert fp32_overfit["AP50"] > 95, fp32_overfit
@@ -62,6 +68,7 @@ RECIPE_SWITCHES = ("model.encoder.residual=true", "train.lr_offset_mult=0.1", "m
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(OVERFIT_TIMEOUT)
 def test_recipe_overfits(tmp_path):
     """Every switch of the convergence recipe on at once: the detector still fits its training set."""
     metrics = _overfit(tmp_path, "none", RECIPE_SWITCHES)
@@ -70,6 +77,7 @@ def test_recipe_overfits(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * OVERFIT_TIMEOUT)  # run alone, it trains the fp32 fixture too
 def test_bf16_autocast_overfits_like_fp32(fp32_overfit, tmp_path):
     """bf16 autocast on CPU fits the same images as well as fp32 does: AP within 10 points (measured here:
     fp32 84.7, bf16 90.0)."""
@@ -85,7 +93,10 @@ def test_run_folder_contents(easy, tmp_path):
     assert result.status == "finished" and result.epochs_done == 2
     for name in ("config.yaml", "results.csv", "last.pt", "best.pt", "metrics.json",
                  "weights/last.safetensors", "weights/best.safetensors",
-                 "plots/loss.png", "plots/ap.png", "plots/val_predictions.png"):
+                 "plots/loss.png", "plots/ap.png", "plots/val_predictions.png",
+                 "plots/pr_curves.png", "plots/pr_curves.json", "plots/confusion_matrix.png",
+                 "plots/confusion_matrix.csv", "plots/confusion_matrix.json", "plots/errors.png", "plots/errors.json",
+                 "plots/val_gt_vs_pred.png"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     rows = list(csv.DictReader((run / "results.csv").open()))
@@ -97,7 +108,7 @@ def test_run_folder_contents(easy, tmp_path):
     assert 0 <= metrics["AP"] <= 100
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["config"]["model"]["category_ids"] == [3, 7]
-    assert "rng_torch" in ckpt and "optimizer" in ckpt
+    assert "optimizer" in ckpt and len(ckpt["rng"]) == 1 and ckpt["rng"][0]["numpy"] is not None  # per rank
 
 
 def test_resume_mid_epoch_equals_uninterrupted(easy, tmp_path, monkeypatch):
@@ -138,34 +149,66 @@ def test_time_budget_stops_and_evaluates(easy, tmp_path):
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
-def test_nonfinite_loss_skips_then_stops(easy, tmp_path, monkeypatch):
-    from dynamic_detr.objective.criterion import SetCriterion
-
-    original = SetCriterion.forward
-
-    def nan_loss(self, outputs, targets):
-        losses = original(self, outputs, targets)
-        losses["loss"] = losses["loss"] * float("nan")
-        return losses
-
-    monkeypatch.setattr(SetCriterion, "forward", nan_loss)
-    cfg = tiny_config(batch_size=2, max_nonfinite_steps=3)
-    run = tmp_path / "run"
+@pytest.mark.parametrize("kind", ["loss", "activation", "gradient"])
+def test_nonfinite_loss_skips_then_stops(easy, tmp_path, kind):
+    """A non-finite loss, activation or gradient at one step: that step is skipped (results.csv skipped_steps),
+    training recovers, and nothing non-finite is left in the weights, the buffers (the NaN activation went
+    through a BatchNorm's running statistics) or the optimizer state. Non-finite at every step:
+    `max_nonfinite_steps` in a row stop the run, and the checkpoint it leaves is finite."""
+    once = tmp_path / "once"
+    trainer = Trainer(tiny_config(batch_size=2, max_nonfinite_steps=3), easy, once, epochs=2, progress=False)
+    inject_nonfinite(trainer, kind, lambda n: n == 2)
     with pytest.warns(RuntimeWarning, match="non-finite"):
-        result = Trainer(cfg, easy, run, epochs=2, progress=False).fit()
+        result = trainer.fit()
+    assert result.status == "finished"
+    state = load_checkpoint(once / "last.pt")
+    assert (state["step"], state["nonfinite_total"]) == (7, 1)  # 8 batches, one skipped
+    rows = list(csv.DictReader((once / "results.csv").open()))
+    assert [r["skipped_steps"] for r in rows] == ["1", "0"]
+    assert all(r["loss"] not in ("", "nan") for r in rows), rows
+    assert not nonfinite_tensors(state["model"]) and not nonfinite_tensors(state["optimizer"])
+    assert not nonfinite_tensors(load_weights(once / "weights" / "last.safetensors")[0])
+
+    always = tmp_path / "always"
+    trainer = Trainer(tiny_config(batch_size=2, max_nonfinite_steps=3), easy, always, epochs=2, progress=False)
+    inject_nonfinite(trainer, kind, lambda n: True)
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        result = trainer.fit()
     assert result.status == "stopped: non-finite"
-    state = load_checkpoint(run / "last.pt")  # a usable checkpoint is left behind
+    state = load_checkpoint(always / "last.pt")  # a usable checkpoint is left behind
     assert state["nonfinite_total"] == 3 and state["step"] == 0
+    assert not nonfinite_tensors(state["model"])
+    assert (kind == "activation") == ("nan_probe.running_mean" in state["model"])
 
 
 def test_ema_evaluated_alongside_raw(easy, tmp_path):
+    """EMA on: both weight sets are evaluated (metrics["raw"], the raw_AP column), the EMA weights differ from
+    the raw ones, and the EMA weights are the ones written for use: weights/{last,best}.safetensors and what
+    `load_model` (eval, predict, export) takes from best.pt."""
+    from dynamic_detr.engine.loading import load_model
+
     run = tmp_path / "run"
     result = Trainer(tiny_config(batch_size=4, ema=True, ema_decay=0.9), easy, run, epochs=1,
                      progress=False).fit()
     assert set(result.metrics["raw"]) >= {"AP", "AP50"}
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert "raw_AP" in rows[0]
-    assert load_checkpoint(run / "last.pt")["ema"] is not None
+    ckpt = load_checkpoint(run / "last.pt")
+    raw = ckpt["model"]
+    ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    assert ema.keys() == raw.keys()
+    floats = [k for k, v in raw.items() if v.is_floating_point()]
+    differ = [k for k in floats if not torch.equal(ema[k], raw[k])]
+    # 2 steps at decay 0.9: the average is 0.9 x step 1 + 0.1 x step 2, behind the raw weights
+    assert len(differ) > len(floats) // 2, (len(differ), len(floats))
+    for name in ("last", "best"):
+        weights, _ = load_weights(run / "weights" / f"{name}.safetensors")
+        assert weights.keys() == ema.keys(), name
+        for k, v in weights.items():
+            torch.testing.assert_close(v, ema[k], rtol=0, atol=0, msg=f"{name}: {k}")
+    model, _ = load_model(run / "best.pt")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ema[k], rtol=0, atol=0, msg=f"load_model: {k}")
 
 
 def test_resume_without_checkpoint_starts_fresh_only_under_torchrun(easy, tmp_path, monkeypatch):

@@ -52,9 +52,6 @@ def test_select_queries_takes_top_scores_inside_the_valid_region():
     assert idx[1].tolist() == [2, 0]  # only x < 8 allowed
     # image 0, location 3: xyxy (10, 10, 14, 14) -> cxcywh (12, 12, 4, 4) / 16
     torch.testing.assert_close(boxes[0, 0], torch.tensor([0.75, 0.75, 0.25, 0.25]))
-    # skip (the hybrid branch's boxes come after the main queries')
-    _, idx2 = select_queries(dense, valid, k=1, skip=1)
-    assert idx2[0].tolist() == [1]
 
 
 def test_query_selection_feeds_the_decoder_dense_boxes():
@@ -73,6 +70,25 @@ def test_query_selection_feeds_the_decoder_dense_boxes():
     expected, _ = select_queries(out["dense"], out["valid_hw"], cfg.decoder.num_queries)
     torch.testing.assert_close(seen["boxes"], expected)
     assert not torch.allclose(seen["boxes"], torch.tensor([0.5, 0.5, 1.0, 1.0]).expand_as(expected))
+
+
+def test_hybrid_queries_take_the_boxes_after_the_matching_queries():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(query_selection="boxes", num_stages=1, num_hybrid_queries=6)
+    cfg.dense.enabled = True
+    model = DynamicDETR(cfg).train()
+    images, masks = padded_batch([(64, 96), (64, 64)])
+    seen = {}
+    model.decoder.stages[0].register_forward_pre_hook(lambda module, args: seen.update(boxes=args[1]))
+    out = model(images, masks)
+    k = cfg.decoder.num_queries
+    expected, _ = select_queries(out["dense"], out["valid_hw"], k + 6)  # one top-(K + H), split K | H
+    torch.testing.assert_close(seen["boxes"], expected)
+    assert out["boxes"].shape[1] == k and out["hybrid_stages"][0]["boxes"].shape[1] == 6
+    model.eval()
+    with torch.no_grad():
+        model(images, masks)
+    assert seen["boxes"].shape[1] == k  # no hybrid queries at inference
 
 
 def test_boxes_plus_content_gets_gradient_into_the_projection_only_through_the_decoder():

@@ -152,13 +152,26 @@ def test_bf16_autocast_forward():
 
 
 def test_masks_default_to_no_padding():
+    """No mask = the whole canvas is image: every pixel is seen and boxes are relative to the full size. A
+    hand-built mask (image 1: 48 x 64 valid of 64 x 96) shows what a mask changes."""
     torch.manual_seed(0)
     model = DynamicDETR(tiny_cfg()).eval()
-    images = torch.rand(1, 3, 64, 96)
+    images = torch.rand(2, 3, 64, 96)
+    masks = torch.zeros(2, 64, 96, dtype=torch.bool)
+    masks[1, 48:, :] = True
+    masks[1, :, 64:] = True
+    altered = images.clone()
+    altered[1, :, 48:, :] = 1.0 - altered[1, :, 48:, :]  # change only pixels the mask calls padding
     with torch.no_grad():
-        a = model(images)
-        b = model(images, torch.zeros(1, 64, 96, dtype=torch.bool))
-    torch.testing.assert_close(a["boxes"], b["boxes"])
+        default, default_altered = model(images), model(altered)
+        padded, padded_altered = model(images, masks), model(altered, masks)
+    assert default["valid_hw"].tolist() == [[64.0, 96.0], [64.0, 96.0]]
+    assert padded["valid_hw"].tolist() == [[64.0, 96.0], [48.0, 64.0]]
+    # without a mask the bottom rows are image: changing them changes image 1's predictions
+    assert not torch.allclose(default["logits"][1], default_altered["logits"][1])
+    # with the mask they are padding: zeroed before the backbone, so nothing changes
+    torch.testing.assert_close(padded_altered["logits"], padded["logits"])
+    torch.testing.assert_close(padded_altered["boxes"], padded["boxes"])
 
 
 def test_category_ids_must_match_num_classes():

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from dynamic_detr.model.dense_head import level_points
 from dynamic_detr.objective.dense_loss import UNASSIGNED, dense_loss, fcos_assign
 
 STRIDES = (8, 16, 32, 64, 128)
 
 
 def _points(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    pts, st = [], []
-    for s in STRIDES:
-        ys = (torch.arange(-(-h // s)) + 0.5) * s
-        xs = (torch.arange(-(-w // s)) + 0.5) * s
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        pts.append(torch.stack([xx.flatten(), yy.flatten()], 1))
-        st.append(torch.full((yy.numel(),), float(s)))
-    return torch.cat(pts), torch.cat(st)
+    """Location centres of an h x w input's P3-P7 (ceil division, as the backbone's strides give)."""
+    return level_points([torch.zeros(1, 1, -(-h // s), -(-w // s)) for s in STRIDES], STRIDES)
 
 
 def test_assignment_centre_region_and_level_ranges():

@@ -1,4 +1,4 @@
-"""`dynamic-detr data synth | check`: generate the synthetic dataset, lint a COCO dataset."""
+"""`dynamic-detr data synth | check | show`: generate the synthetic dataset, lint a COCO dataset, draw it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from .common import add_config_args, resolve_config
 
 MAX_LISTED = 20
 """Findings printed per kind unless --all."""
@@ -14,8 +15,8 @@ MAX_LISTED = 20
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "data", help="generate or check a COCO-format dataset",
-        description="Generate the synthetic shapes dataset or lint a COCO dataset.")
+        "data", help="generate, check or draw a COCO-format dataset",
+        description="Generate the synthetic shapes dataset, lint a COCO dataset, or draw its boxes.")
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     synth = sub.add_parser(
@@ -45,6 +46,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--all", action="store_true",
                        help=f"list every finding (default: first {MAX_LISTED} per kind)")
     check.set_defaults(func=_check)
+
+    show = sub.add_parser(
+        "show", help="draw ground-truth boxes on N images (optionally augmented) and a dataset summary",
+        description="Write OUT/<k>_<image>.png: the first N images of a training epoch with their ground-truth "
+                    "boxes and class names; with --augment after the training augmentations, exactly as the "
+                    "trainer applies them for train.seed = --seed (a crop or flip bug shows as boxes off "
+                    "their objects). Also OUT/summary.png: objects per class, object sizes (sqrt area, COCO "
+                    "boundaries 32 / 96 px), objects per image. The augmentation settings come from the "
+                    "config (--preset, --config, key=value overrides).")
+    show.add_argument("--data", required=True, type=Path, metavar="DIR", help="dataset root")
+    show.add_argument("--split", metavar="S", help="split to draw (default: the config's data.train_split)")
+    show.add_argument("--augment", action="store_true", help="apply the training augmentations first")
+    show.add_argument("--n", type=int, default=16, metavar="N", help="images to draw (default: 16)")
+    show.add_argument("--seed", type=int, default=None, metavar="K",
+                      help="order and augmentation seed (default: the config's train.seed)")
+    show.add_argument("--out", required=True, type=Path, metavar="DIR",
+                      help="output folder (created; not the dataset's image folder)")
+    add_config_args(show, default_preset="cpu_small")
+    show.set_defaults(func=_show)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -103,3 +123,28 @@ def _check(args: argparse.Namespace) -> int:
         failed |= not report.ok
     print("FAILED: errors found (see above)" if failed else "OK")
     return 1 if failed else 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from ..data.coco import CocoDetection
+    from ..data.show import dataset_stats, plot_summary, show_samples
+
+    if args.n < 0:
+        raise UserError(f"--n must be >= 0, got {args.n}")
+    if not args.data.is_dir():
+        raise UserError(f"{args.data}: dataset folder not found")
+    cfg = resolve_config(args)
+    split = args.split or cfg.data.train_split
+    seed = cfg.train.seed if args.seed is None else args.seed
+    dataset = CocoDetection(args.data, split)
+    if args.out.is_dir() and args.out.resolve() == dataset.records.image_dir.resolve():
+        raise UserError(f"{args.out}: is the dataset's image folder; choose another --out")
+    written = show_samples(args.data, split, args.out, args.n, seed, args.augment, cfg.data, dataset=dataset)
+    stats = dataset_stats(dataset.records)
+    plot_summary(stats, args.out / "summary.png", title=f"{args.data} ({split})")
+    small, medium, large = stats.size_counts()
+    how = f"augmented as in training (seed {seed})" if args.augment else f"as read (order of seed {seed})"
+    print(f"{len(written)} image(s) with ground truth, {how}, and summary.png written to {args.out}")
+    print(f"  {len(stats.boxes_per_image)} images, {stats.num_objects} objects; small {small}, medium {medium}, "
+          f"large {large}")
+    return 0

@@ -1,4 +1,4 @@
-"""`dynamic-detr demo`: the README's main job, end to end on the synthetic dataset.
+"""`dynamic-detr demo`: everything end to end on the synthetic dataset.
 
 Generates the dataset if missing (and checks it), trains `cpu_small` within a time budget, evaluates with
 the COCO metrics, draws predictions on validation images, and prints where everything is.
@@ -23,7 +23,7 @@ fewer steps; docs/recipe.md). `dynamic-detr demo model.encoder.enabled=true` tra
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic data -> train cpu_small -> evaluate -> draw (the README's main job)",
+    p = sub.add_parser("demo", help="synthetic data -> train cpu_small -> evaluate -> draw, end to end",
                        description="End to end on the synthetic shapes dataset. --minutes is the whole "
                                    "budget: training gets what the data generation and evaluation leave.")
     p.add_argument("--minutes", type=float, default=10.0, help="total time budget (default: 10)")
@@ -68,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     encoder = "" if cfg.model.encoder.enabled else ", dynamic encoder off (model.encoder.enabled=true turns it on)"
     print(f"[2/4] training {cfg.name}{encoder} for {train_minutes:.1f} min in {run_dir}"
           f"{' (resuming)' if resume else ''}", flush=True)
-    trainer = Trainer(cfg, data, run_dir, minutes=train_minutes, resume=resume,
-                      device=args.device)
+    # the demo has one run folder: it resumes the run there, or starts over (an earlier run that left no
+    # checkpoint is cleared first, so that nothing mixes); it never moves to run2
+    trainer = Trainer(cfg, data, run_dir, minutes=train_minutes, resume=resume, device=args.device,
+                      overrides=list(args.overrides or []), overwrite=not resume)
     result = trainer.fit()
     if result.status == "interrupted":
         print(f"interrupted; `dynamic-detr demo --out {args.out}` resumes from {run_dir / 'last.pt'}")

@@ -17,6 +17,12 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, help="write metrics JSON here")
     p.add_argument("--save-detections", type=Path, metavar="DETS_JSON",
                    help="write detections in COCO results format (the dataset's own ids)")
+    p.add_argument("--plots", type=Path, metavar="DIR",
+                   help="write the error analysis here: precision-recall curves, confusion matrix, TIDE-style "
+                        "error breakdown, ground truth beside predictions (docs/analysis.md)")
+    p.add_argument("--plot-threshold", type=float, default=0.3, metavar="T",
+                   help="score threshold of the confusion matrix and the drawn predictions (default 0.3; the "
+                        "curves and the error breakdown use every detection)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--raw", action="store_true", help="use the raw weights even when the checkpoint has EMA")
@@ -27,6 +33,11 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    from ..errors import UserError
+
+    if not 0 <= args.plot_threshold <= 1:
+        raise UserError(f"--plot-threshold must be in [0, 1], got {args.plot_threshold}")
 
     from ..data.coco import CocoDetection
     from ..data.collate import build_loader
@@ -47,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     loader = build_loader(SeededDataset(dataset, build_transforms(cfg.data, train=False)), args.batch_size,
                           train=False, num_workers=args.workers, size_divisibility=cfg.data.size_divisibility)
     names = dict(zip(dataset.category_ids, dataset.class_names, strict=True))
-    metrics, dets = evaluate_model(model, loader, dataset.coco_gt(), names, device, args.amp)
+    keep: dict = {}
+    metrics, dets = evaluate_model(model, loader, dataset.coco_gt(), names, device, args.amp, keep=keep)
     assert metrics is not None
     print(format_table(metrics))
     if args.out:
@@ -60,4 +72,13 @@ def run(args: argparse.Namespace) -> int:
         args.save_detections.parent.mkdir(parents=True, exist_ok=True)
         args.save_detections.write_text(json.dumps(dets))
         print(f"{len(dets)} detections written to {args.save_detections}")
+    if args.plots:
+        from ..engine.analysis import write_analysis
+        from ..engine.error_breakdown import format_errors
+        from ..engine.visualize import dataset_images
+
+        summary = write_analysis(args.plots, keep["evaluator"], dataset_images(dataset, 8), args.plot_threshold)
+        print()
+        print(format_errors(summary["errors"]))
+        print(f"error analysis written to {args.plots}")
     return 0

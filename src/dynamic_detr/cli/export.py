@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -23,7 +24,13 @@ def register(sub) -> None:
                    help="deformable convs as GridSample + MatMul, for runtimes without DeformConv")
     p.add_argument("--top-k", type=int, default=100, help="detections per image (default 100)")
     p.add_argument("--check", action="store_true",
-                   help="run onnxruntime and PyTorch on the same images and print their largest differences")
+                   help="run onnxruntime and PyTorch on the same images, print their largest differences and exit 1 "
+                        "when they are out of tolerance")
+    p.add_argument("--box-tol", type=float, metavar="PX",
+                   help="--check: largest box difference allowed (default 1 px)")
+    p.add_argument("--score-tol", type=float, help="--check: largest score difference allowed (default 1e-3)")
+    p.add_argument("--min-label-agreement", type=float, metavar="PERCENT",
+                   help="--check: labels that must agree, position by position (default 100)")
     p.add_argument("--data", type=Path,
                    help="images for --check: an image folder or a COCO dataset folder (its val split); "
                         "random images when omitted")
@@ -48,7 +55,15 @@ def _check_files(data: Path | None, val_split: str) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.loading import load_model
-    from ..export.onnx_export import Parity, check_images, compare, export_onnx
+    from ..export.onnx_export import (
+        BOX_TOL_PX,
+        MIN_LABEL_AGREEMENT,
+        SCORE_TOL,
+        Parity,
+        check_images,
+        compare,
+        export_onnx,
+    )
 
     model, cfg = load_model(args.checkpoint, "cpu")
     size = tuple(args.image_size) if args.image_size else default_image_size(cfg.data.eval_short_side,
@@ -68,4 +83,16 @@ def run(args: argparse.Namespace) -> int:
                                    for i in range(len(images))])
         where = f"{len(images)} image(s) of {args.data}" if files else f"{len(images)} random image(s)"
         print(f"onnxruntime vs PyTorch on {where}: {parity.line()}")
+        box = BOX_TOL_PX if args.box_tol is None else args.box_tol
+        score = SCORE_TOL if args.score_tol is None else args.score_tol
+        labels = MIN_LABEL_AGREEMENT if args.min_label_agreement is None else args.min_label_agreement / 100
+        tolerance = (f"tolerance: boxes within {box:g} px, scores within {score:g}, labels agreeing >= "
+                     f"{100 * labels:g}%")
+        failures = parity.failures(box, score, labels)
+        if failures:
+            print(f"error: parity check failed: {'; '.join(failures)} ({tolerance}; --box-tol, --score-tol, "
+                  f"--min-label-agreement); {args.out} was written but does not compute what the PyTorch model "
+                  "does", file=sys.stderr)
+            return 1
+        print(f"parity check passed ({tolerance})")
     return 0

@@ -12,11 +12,14 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="detect objects in images or folders of images",
                        description="Run a trained model on images. For every input, OUT/<name>.png has the "
                                    "boxes drawn and OUT/<name>.json the detections (xyxy pixels, score, "
-                                   "category). Unreadable images are reported and skipped; the exit code "
-                                   "is 1 when any input was skipped.")
+                                   "category). Unreadable images and images with an aspect ratio over 100:1 "
+                                   "are reported and skipped; the exit code is 1 when any input was skipped. "
+                                   "OUT must not be a folder holding inputs (drawn copies would overwrite "
+                                   "them): that is refused.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
     p.add_argument("--checkpoint", required=True, type=Path, help="run folder, .pt checkpoint or .safetensors")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (created if needed; not the folder of any input)")
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing and JSON")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -53,11 +56,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..engine.loading import load_model
-    from ..engine.predictor import Predictor
+    from ..engine.predictor import Predictor, check_output_folder
 
+    files = list_inputs(args.inputs)
+    check_output_folder(files, args.out)  # before loading the model: refuse early
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_model(args.checkpoint, device)
-    files = list_inputs(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(model, cfg, device)
     n_ok, n_dets, failed = predictor.predict_files(files, args.out, args.threshold, args.batch_size)

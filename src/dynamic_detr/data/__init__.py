@@ -7,7 +7,7 @@ from .check import CheckReport, check_dataset
 from .coco import CocoDetection, DatasetWarning
 from .collate import Batch, build_loader, collate
 from .synthetic import CLASSES, generate
-from .transforms import RandomSizeCrop, build_transforms
+from .transforms import RandomSizeCrop, ResizeShortSide, build_transforms
 
 __all__ = [
     "CLASSES",
@@ -16,6 +16,7 @@ __all__ = [
     "CocoDetection",
     "DatasetWarning",
     "RandomSizeCrop",
+    "ResizeShortSide",
     "build_loader",
     "build_transforms",
     "check_dataset",

@@ -15,8 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .image_io import ImageProbe, ImageReadError, probe_image
-from .records import load_records
+from .records import aspect_problem, load_records
 
 SMALL, MEDIUM = 32**2, 96**2
 """COCO area thresholds: small < 32^2 <= medium < 96^2 <= large."""
@@ -96,8 +98,8 @@ def check_dataset(root: Path | str, split: str, *, decode: bool = True, workers:
         (report.errors if issue.severity == "error" else report.warnings).append(issue.message)
 
     # ---- images: decode, modes, sizes
-    images = records.images
-    paths = [records.image_path(img) for img in images]
+    images = [records.image(i) for i in range(len(records))]
+    paths = [records.image_dir / img["file_name"] for img in images]
     if progress is None:
         progress = sys.stderr.isatty()
     workers = workers or min(8, os.cpu_count() or 1)
@@ -116,18 +118,19 @@ def check_dataset(root: Path | str, split: str, *, decode: bool = True, workers:
                 report.warnings.append(
                     f"{path}: image is {res.width}x{res.height}{rotated} but {records.ann_file.name} says "
                     f"{img['width']}x{img['height']} (image {img['id']}); boxes are clamped to the file")
+            problem = aspect_problem(res.width, res.height)
+            if problem:  # the JSON's size passed validation, the file's does not: the dataset skips it
+                report.errors.append(f"{path}: {problem} (image {img['id']}); not usable")
 
     # ---- statistics over what the dataset serves
     names = {c["id"]: c["name"] for c in records.categories}
-    per_class: Counter[int] = Counter()
-    sizes: Counter[str] = Counter()
-    for img in images:
-        anns = records.annotations[img["id"]]
-        report.num_empty_images += not anns
-        for a in anns:
-            per_class[a["category_id"]] += 1
-            report.num_crowd += a["iscrowd"]
-            sizes["small" if a["area"] < SMALL else "medium" if a["area"] < MEDIUM else "large"] += 1
+    label_counts = np.bincount(records.ann_labels, minlength=len(records.categories)).tolist()
+    per_class: Counter[int] = Counter({c["id"]: n for c, n in zip(records.categories, label_counts, strict=True)})
+    areas = records.ann_areas
+    sizes = {"small": int((areas < SMALL).sum()), "medium": int(((areas >= SMALL) & (areas < MEDIUM)).sum()),
+             "large": int((areas >= MEDIUM).sum())}
+    report.num_empty_images = int((np.diff(records.ann_offsets) == 0).sum())
+    report.num_crowd = int(records.ann_crowd.sum())
     report.num_images = len(images)
     report.num_listed_images = records.num_raw_images
     report.num_objects = sum(per_class.values())

@@ -6,28 +6,45 @@
   naming an unknown category, no usable image) raise `DatasetError` when `strict`, and are recorded as
   errors (and repaired as well as possible, e.g. keep the first of two duplicate ids) otherwise;
 * per-record problems (bad box, annotation of an unknown image, a `file_name` escaping the image folder,
-  a missing image file) drop that record and are recorded as `Issue`s; a box partly outside its image is
-  clipped. The dataset turns the issues into one summary warning, `data check` prints them all.
+  a missing image file, an image over `MAX_ASPECT_RATIO`:1) drop that record and are recorded as `Issue`s;
+  a box partly outside its image is clipped. The dataset turns the issues into one summary warning, `data
+  check` prints them all.
+
+What survives validation is held compactly (`Records`): numpy arrays and one UTF-8 buffer of file names, no
+Python object per image or annotation, so DataLoader workers (forked) share them without copy-on-write growth
+(reading a Python object writes its reference count, which copies its memory page into the worker:
+pytorch/pytorch#13246). Only what training and bbox evaluation read is kept (segmentation polygons are not).
 
 The policy table lives in docs/data.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import math
 import os
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+import numpy as np
 
 from ..errors import DatasetError
 
 CLIP_TOLERANCE = 1.0
 """Boxes leaving their image by at most this many pixels are clipped silently (COCO has many such
 boxes from float rounding); beyond it the clip is reported."""
+
+MAX_ASPECT_RATIO = 100
+"""Images whose long side is more than this many times their short side are bad input (refused by the dataset,
+skipped by `predict`): resized to the model's input size (long side capped) their short side is a few pixels at
+most; a 1 x 1000 strip at `cpu_small`'s 288 px cap would get 0.29 px (floored to 0 and crashed before the
+resize was clamped to >= 1 px). 100:1 still admits panoramas and long thin scans."""
 
 
 @dataclass(frozen=True)
@@ -40,19 +57,42 @@ class Issue:
     message: str
 
 
-@dataclass
+@dataclass(eq=False)  # arrays: no field-wise ==
 class Records:
-    """Validated content of `root/annotations/instances_<split>.json`.
+    """Validated content of `root/annotations/instances_<split>.json`, held compactly.
 
-    `images` keep their file order; every image's `file_name` is safe and (if files were checked) exists.
-    `annotations[image_id]` holds that image's validated annotations (boxes clipped, `area` filled in).
-    `categories` are sorted by id: the contiguous label of a category is its position there.
+    Images (index `i`, file order) are rows of `image_ids`, `widths`, `heights`; file names are UTF-8 in
+    `name_bytes`, name `i` at `name_offsets[i]:name_offsets[i + 1]`. Image `i`'s validated annotations (file
+    order, boxes clipped, `area` filled in) are rows `ann_offsets[i]:ann_offsets[i + 1]` of the `ann_*`
+    arrays. Every `file_name` is safe and (if files were checked) exists. `categories` are sorted by id: the
+    contiguous label of a category is its position there (`ann_labels`). Id arrays are int64 (object dtype
+    only for ids beyond int64, which JSON allows). Use the accessors (`image(i)`, `annotations(i)`, ...)
+    for dicts; they are built per call.
     """
 
     ann_file: Path
     image_dir: Path
-    images: list[dict[str, Any]]
-    annotations: dict[int, list[dict[str, Any]]]
+    image_ids: np.ndarray
+    """int64 [N]."""
+    widths: np.ndarray
+    """int64 [N], as in the JSON."""
+    heights: np.ndarray
+    name_bytes: np.ndarray
+    """uint8: the file names, UTF-8 (surrogatepass), back to back."""
+    name_offsets: np.ndarray
+    """int64 [N + 1]."""
+    ann_offsets: np.ndarray
+    """int64 [N + 1]."""
+    ann_ids: np.ndarray
+    """int64 [M]."""
+    ann_labels: np.ndarray
+    """int64 [M]: position of the annotation's category in `categories`."""
+    ann_boxes: np.ndarray
+    """float64 [M, 4]: x, y, w, h, clipped to the image (float64: the JSON's values exactly, so AP is exact)."""
+    ann_areas: np.ndarray
+    """float64 [M]."""
+    ann_crowd: np.ndarray
+    """bool [M]."""
     categories: list[dict[str, Any]]
     info: dict[str, Any] = field(default_factory=dict)
     licenses: list[Any] = field(default_factory=list)
@@ -60,17 +100,89 @@ class Records:
     num_raw_images: int = 0
     num_raw_annotations: int = 0
 
-    def image_path(self, image: dict[str, Any]) -> Path:
-        return self.image_dir / image["file_name"]
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def num_annotations(self) -> int:
+        return len(self.ann_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (categories, info, licenses and issues aside: small)."""
+        return sum(getattr(self, f).nbytes for f in _ARRAYS)
+
+    def image_id(self, i: int) -> int:
+        return int(self.image_ids[i])
+
+    def file_name(self, i: int) -> str:
+        lo, hi = self.name_offsets[i], self.name_offsets[i + 1]
+        return self.name_bytes[lo:hi].tobytes().decode("utf-8", "surrogatepass")
+
+    def image_path(self, i: int) -> Path:
+        return self.image_dir / self.file_name(i)
+
+    def image(self, i: int) -> dict[str, Any]:
+        """{"id", "file_name", "width", "height"} of image `i` (other fields of the JSON are not kept)."""
+        return {"id": self.image_id(i), "file_name": self.file_name(i), "width": int(self.widths[i]),
+                "height": int(self.heights[i])}
+
+    def ann_slice(self, i: int) -> slice:
+        return slice(int(self.ann_offsets[i]), int(self.ann_offsets[i + 1]))
+
+    def annotations(self, i: int) -> list[dict[str, Any]]:
+        """Image `i`'s annotations as COCO dicts: id, image_id, category_id, bbox, area, iscrowd."""
+        rows = self.ann_slice(i)
+        return self._ann_dicts(rows, [self.image_id(i)] * (rows.stop - rows.start))
 
     def coco_dict(self) -> dict[str, Any]:
-        """A pycocotools-ready dataset dict of exactly these images and annotations."""
-        anns = [a for img in self.images for a in self.annotations[img["id"]]]
-        return {"info": self.info, "licenses": self.licenses, "images": self.images,
-                "annotations": anns, "categories": self.categories}
+        """A pycocotools-ready dataset dict of exactly these images and annotations (what bbox evaluation reads:
+        no segmentation)."""
+        images = [{"id": iid, "file_name": self.file_name(i), "width": w, "height": h} for i, (iid, w, h)
+                  in enumerate(zip(self.image_ids.tolist(), self.widths.tolist(), self.heights.tolist(),
+                                   strict=True))]
+        return {"info": self.info, "licenses": self.licenses, "images": images,
+                "annotations": self._ann_dicts(slice(0, self.num_annotations),
+                                               np.repeat(self.image_ids, np.diff(self.ann_offsets)).tolist()),
+                "categories": self.categories}
+
+    def _ann_dicts(self, rows: slice, owners: list[int]) -> list[dict[str, Any]]:
+        cat_ids = [c["id"] for c in self.categories]
+        return [{"id": aid, "image_id": iid, "category_id": cat_ids[label], "bbox": box, "area": area,
+                 "iscrowd": int(crowd)}
+                for aid, iid, label, box, area, crowd in zip(
+                    self.ann_ids[rows].tolist(), owners, self.ann_labels[rows].tolist(),
+                    self.ann_boxes[rows].tolist(), self.ann_areas[rows].tolist(), self.ann_crowd[rows].tolist(),
+                    strict=True)]
 
     def count(self, kind: str) -> int:
         return sum(1 for i in self.issues if i.kind == kind)
+
+
+_ARRAYS = ("image_ids", "widths", "heights", "name_bytes", "name_offsets", "ann_offsets", "ann_ids", "ann_labels",
+           "ann_boxes", "ann_areas", "ann_crowd")
+
+
+def _int_array(values: list[int]) -> np.ndarray:
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:  # an id beyond int64 (valid JSON, never seen in practice): kept exact as Python ints
+        return np.array(values, dtype=object)
+
+
+def _offsets(counts: Any) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(counts, dtype=np.int64), out=out[1:])
+    return out
+
+
+def release_free_memory() -> None:
+    """Give the freed heap back to the OS (glibc `malloc_trim`; a no-op elsewhere): parsing a COCO-size JSON
+    peaks at several GB of Python objects, which the allocator would otherwise keep in the main process and
+    in every forked worker. Call once the parsed JSON is gone (it holds no cycles: freed without a gc pass)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to do
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def annotation_path(root: Path, split: str) -> Path:
@@ -149,6 +261,15 @@ def box_problem(bbox: Any) -> str | None:
     return None
 
 
+def aspect_problem(width: int, height: int) -> str | None:
+    """Why an image of this size is unusable (long side over `MAX_ASPECT_RATIO` x the short one), or None."""
+    short, long = min(width, height), max(width, height)
+    if long > MAX_ASPECT_RATIO * short:
+        ratio = f"{long / short:g}" if short > 0 else "infinite"
+        return f"a {width}x{height} image: aspect ratio {ratio}:1 exceeds the {MAX_ASPECT_RATIO}:1 limit"
+    return None
+
+
 def clip_box(bbox: list[float], width: int, height: int) -> tuple[list[float] | None, float]:
     """Clip [x, y, w, h] to the image. Returns (clipped box or None if nothing is left, overshoot in px)."""
     x0, y0, x1, y1 = bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]
@@ -182,6 +303,7 @@ def load_records(root: Path, split: str, *, strict: bool = True, check_files: bo
 
     strict: raise `DatasetError` on the first structural problem (training); else record it (`data check`).
     check_files: drop images whose file does not exist (one directory listing, plus a stat per nested name).
+    The parsed JSON is dropped on return; call `release_free_memory()` afterwards to return its heap.
     """
     ann_file = annotation_path(root, split)
     img_dir = image_dir(root, split)
@@ -189,17 +311,31 @@ def load_records(root: Path, split: str, *, strict: bool = True, check_files: bo
     v = _Validator(ann_file, strict)
 
     categories = _validate_categories(data["categories"], v)
-    cat_ids = {c["id"] for c in categories}
+    cat_label = {c["id"]: k for k, c in enumerate(categories)}
     images, refused = _validate_images(data["images"], v, img_dir, check_files)
-    annotations, num_raw = _validate_annotations(data["annotations"], images, refused, cat_ids, v)
+    anns = _validate_annotations(data["annotations"], images, refused, cat_label, v)
 
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
     licenses = data.get("licenses") if isinstance(data.get("licenses"), list) else []
     kept = list(images.values())
-    return Records(ann_file=ann_file, image_dir=img_dir, images=kept,
-                   annotations={img["id"]: annotations.get(img["id"], []) for img in kept},
-                   categories=categories, info=info, licenses=licenses, issues=v.issues,
-                   num_raw_images=len(data["images"]), num_raw_annotations=num_raw)
+    names = [img["file_name"].encode("utf-8", "surrogatepass") for img in kept]
+    # annotations grouped by image (serving order), file order kept within an image (as pycocotools' index)
+    owner = np.fromiter(anns.owner, dtype=np.int64, count=len(anns.owner))
+    order = np.argsort(owner, kind="stable")
+    return Records(
+        ann_file=ann_file, image_dir=img_dir,
+        image_ids=_int_array([img["id"] for img in kept]),
+        widths=_int_array([img["width"] for img in kept]), heights=_int_array([img["height"] for img in kept]),
+        name_bytes=np.frombuffer(b"".join(names), dtype=np.uint8).copy(),
+        name_offsets=_offsets([len(n) for n in names]),
+        ann_offsets=_offsets(np.bincount(owner, minlength=len(kept))),
+        ann_ids=_int_array(anns.ids)[order],
+        ann_labels=np.array(anns.labels, dtype=np.int64)[order],
+        ann_boxes=np.array(anns.boxes, dtype=np.float64).reshape(-1, 4)[order],
+        ann_areas=np.array(anns.areas, dtype=np.float64)[order],
+        ann_crowd=np.array(anns.crowd, dtype=bool)[order],
+        categories=categories, info=info, licenses=licenses, issues=v.issues,
+        num_raw_images=len(data["images"]), num_raw_annotations=len(data["annotations"]))
 
 
 def _validate_categories(raw: list[Any], v: _Validator) -> list[dict[str, Any]]:
@@ -252,7 +388,12 @@ def _validate_images(raw: list[Any], v: _Validator, img_dir: Path,
             v.skip("unsafe_path", f"{where}: image {iid}: file_name '{name}' {reason}; image refused")
             refused.add(iid)
             continue
-        images[iid] = dict(img)
+        problem = aspect_problem(w, h)
+        if problem:
+            v.skip("extreme_aspect", f"{img_dir / name}: {problem} (image {iid}); image refused")
+            refused.add(iid)
+            continue
+        images[iid] = img
 
     if check_files and images:
         if not img_dir.is_dir():
@@ -276,11 +417,25 @@ def _validate_images(raw: list[Any], v: _Validator, img_dir: Path,
     return images, refused
 
 
-def _validate_annotations(raw: list[Any], images: dict[int, dict], refused: set[int], cat_ids: set[int],
-                          v: _Validator) -> tuple[dict[int, list[dict]], int]:
+@dataclass
+class _AnnColumns:
+    """The kept annotations, column-wise, in file order; `owner` is the position of the image in `images`."""
+
+    owner: list[int] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    boxes: list[float] = field(default_factory=list)
+    """Flat: 4 per annotation."""
+    areas: list[float] = field(default_factory=list)
+    crowd: list[bool] = field(default_factory=list)
+
+
+def _validate_annotations(raw: list[Any], images: dict[int, dict], refused: set[int], cat_label: dict[int, int],
+                          v: _Validator) -> _AnnColumns:
     where = v.ann_file
     seen: set[int] = set()
-    out: dict[int, list[dict[str, Any]]] = {}
+    position = {iid: k for k, iid in enumerate(images)}
+    out = _AnnColumns()
     unknown_cats: Counter[int] = Counter()
     for k, a in enumerate(raw):
         if not isinstance(a, dict) or not _is_int(a.get("id")):
@@ -296,7 +451,7 @@ def _validate_annotations(raw: list[Any], images: dict[int, dict], refused: set[
             v.fatal("bad_annotation", f"{where}: annotation {aid}: 'image_id' and 'category_id' must be "
                                       f"integers, got {iid!r} / {cid!r}")
             continue
-        if cid not in cat_ids:
+        if cid not in cat_label:
             unknown_cats[cid] += 1
             if unknown_cats[cid] == 1:
                 v.fatal("unknown_category", f"{where}: annotation {aid} (image {iid}): unknown category "
@@ -307,27 +462,29 @@ def _validate_annotations(raw: list[Any], images: dict[int, dict], refused: set[
             if iid not in refused:  # a refused image's own issue already names it
                 v.skip("unknown_image", f"{where}: annotation {aid}: refers to unknown image {iid}; dropped")
             continue
-        prefix = f"{where}: annotation {aid} (image {iid})"
         problem = box_problem(a.get("bbox"))
         if problem:
-            v.skip("bad_box", f"{prefix}: {problem}; dropped")
+            v.skip("bad_box", f"{where}: annotation {aid} (image {iid}): {problem}; dropped")
             continue
         box, overshoot = clip_box(list(a["bbox"]), img["width"], img["height"])
         if box is None:
-            v.skip("bad_box", f"{prefix}: box {_fmt(a['bbox'])} lies outside the "
+            v.skip("bad_box", f"{where}: annotation {aid} (image {iid}): box {_fmt(a['bbox'])} lies outside the "
                               f"{img['width']}x{img['height']} image; dropped")
             continue
         if overshoot > CLIP_TOLERANCE:
-            v.skip("clipped_box", f"{prefix}: box {_fmt(a['bbox'])} extends {overshoot:.1f} px outside the "
-                                  f"{img['width']}x{img['height']} image; clipped", severity="warning")
-        ann = dict(a)
-        ann["bbox"] = box
+            v.skip("clipped_box", f"{where}: annotation {aid} (image {iid}): box {_fmt(a['bbox'])} extends "
+                                  f"{overshoot:.1f} px outside the {img['width']}x{img['height']} image; clipped",
+                   severity="warning")
         area = a.get("area")
         if not (_is_number(area) and math.isfinite(area) and area > 0):
-            ann["area"] = box[2] * box[3]
-        ann["iscrowd"] = 1 if a.get("iscrowd") else 0
-        out.setdefault(iid, []).append(ann)
-    return out, len(raw)
+            area = box[2] * box[3]
+        out.owner.append(position[iid])
+        out.ids.append(aid)
+        out.labels.append(cat_label[cid])
+        out.boxes.extend(box)
+        out.areas.append(float(area))
+        out.crowd.append(bool(a.get("iscrowd")))
+    return out
 
 
 def _fmt(bbox: list[float]) -> str:

@@ -6,8 +6,9 @@ Train (DETR / paper recipe): horizontal flip; then with probability 1 - crop_pro
 drop boxes the crop emptied; uint8 -> float32 in [0, 1]. No mean/std normalisation: the model does it.
 Eval: resize the short side to `eval_short_side` (long side capped at `eval_max_size`), to float.
 
-`v2.Resize(size=[s], max_size=m)` does exactly "short side = s unless the long side would exceed m, then
-long side = m" (tests/data check it), so it is reused; it needs m > s, which `build_transforms` checks.
+The resize (`ResizeShortSide`) is `v2.Resize([s], max_size=m)`'s rule, "short side = s unless the long side would
+exceed m, then long side = m" (tests/data check it), except that no side goes below 1 px (torchvision floors
+the capped short side of a 1 x 1000 image to 0); it needs m > s, which `build_transforms` checks.
 All randomness comes from torch's RNG, so `engine.sampler.SeededDataset` makes it reproducible.
 """
 
@@ -51,9 +52,45 @@ class RandomSizeCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
+def resized_size(height: int, width: int, short_side: int, max_size: int | None) -> tuple[int, int]:
+    """(h, w) after "short side = `short_side` unless the long side would exceed `max_size`, then long side =
+    `max_size`" (torchvision's `Resize([s], max_size=m)` rule, sides floored), with no side below 1 px: at an
+    extreme aspect ratio the capped short side would floor to 0 (1 x 1000 at a 288 px cap)."""
+    if max_size is not None and max_size <= short_side:
+        raise ValueError(f"max_size ({max_size}) must exceed the short side ({short_side})")
+    short, long = (width, height) if width <= height else (height, width)
+    if short < 1:
+        raise ValueError(f"cannot resize an empty {height}x{width} image")
+    new_short, new_long = short_side, int(short_side * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    new_short = max(new_short, 1)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+class ResizeShortSide(v2.Transform):
+    """Resize to `resized_size` (short side `size`, long side capped at `max_size`, every side >= 1 px);
+    boxes follow. Bilinear with antialiasing, as `v2.Resize`."""
+
+    def __init__(self, size: int, max_size: int | None = None) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"ResizeShortSide needs a positive size, got {size}")
+        resized_size(1, 1, size, max_size)  # checks max_size
+        self.size = size
+        self.max_size = max_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        return {"size": list(resized_size(height, width, self.size, self.max_size))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, params["size"], antialias=True)
+
+
 def resize_short_side(sizes: list[int], max_size: int | None) -> v2.Transform:
     """Resize the short side to one of `sizes` (uniformly chosen), capping the long side at `max_size`."""
-    resizes = [v2.Resize([s], max_size=max_size, antialias=True) for s in sizes]
+    resizes = [ResizeShortSide(s, max_size) for s in sizes]
     return resizes[0] if len(resizes) == 1 else v2.RandomChoice(resizes)
 
 

@@ -3,8 +3,8 @@
 Two kinds of file:
 * training checkpoints (`.pt`, `save_checkpoint` / `load_checkpoint`): a dict with a format marker, a
   version and at least `model` (the state dict); everything else (config as a plain dict, optimizer and
-  scheduler state, RNG state tensors, counters) is the trainer's. Only weights_only-loadable types are
-  allowed, so loading never runs code from the file.
+  scheduler state, per-rank RNG states, counters) is the trainer's; `check_training_state` checks what a
+  resume needs. Only weights_only-loadable types are allowed, so loading never runs code from the file.
 * model weights (`.safetensors`, `save_weights` / `load_weights`): tensors plus string metadata (the config
   as JSON text).
 """
@@ -47,8 +47,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a training checkpoint with `torch.load(weights_only=True)`.
 
     Raises CheckpointError (one line naming the file) for a missing, empty, truncated or corrupt file, a
-    pickle that would import or call anything but weights, and a file that is not a dynamic-detr
-    checkpoint (no format marker, newer version, no `model`).
+    pickle that would import or call anything but weights, a file that is not a dynamic-detr checkpoint
+    (no format marker, newer version, no `model`), and a malformed one: `model` / `ema` not a mapping of
+    names to tensors, `config` / `optimizer` / `scaler` not a mapping.
     """
     path = Path(path)
     _check_file(path)
@@ -75,7 +76,67 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"reads ({VERSION}); upgrade dynamic-detr")
     if not isinstance(state.get("model"), Mapping):
         raise CheckpointError(f"{path}: checkpoint holds no model state dict ('model')")
+    _check_tensors(state["model"], "model", path)
+    if state.get("ema") is not None:
+        if not isinstance(state["ema"], Mapping):
+            raise CheckpointError(f"{path}: malformed checkpoint: 'ema' is a {type(state['ema']).__name__}, "
+                                  "not a state dict")
+        _check_tensors(state["ema"], "ema", path)
+    for key in ("config", "optimizer", "scaler"):
+        if state.get(key) is not None and not isinstance(state[key], Mapping):
+            raise CheckpointError(f"{path}: malformed checkpoint: '{key}' is a {type(state[key]).__name__}, "
+                                  "not a mapping")
     return state
+
+
+_COUNTERS: dict[str, tuple[type, ...]] = {
+    "epoch": (int,), "epoch_samples": (int,), "step": (int,), "nonfinite_total": (int,), "world_size": (int,),
+    "batch_size": (int,), "elapsed": (int, float), "best_ap": (int, float), "minutes": (int, float, type(None)),
+}
+
+
+def check_training_state(state: Mapping[str, Any], path: str | Path) -> None:
+    """CheckpointError (one line naming `path`) unless `state` (from `load_checkpoint`) can resume training:
+    a valid config, an optimizer state, counters of the right types, well-formed epoch stats and RNG states."""
+    from ..config import Config
+    from ..errors import ConfigError
+    from .distributed import rng_states_problem
+
+    if "optimizer" not in state or state["optimizer"] is None:
+        raise CheckpointError(f"{path}: holds weights only, not a training state; cannot resume from it")
+    opt = state["optimizer"]
+    if not (isinstance(opt, Mapping) and isinstance(opt.get("state"), Mapping)
+            and isinstance(opt.get("param_groups"), list | tuple)):
+        raise CheckpointError(f"{path}: malformed checkpoint: 'optimizer' has no 'state' / 'param_groups'")
+    if not isinstance(state.get("config"), Mapping):
+        raise CheckpointError(f"{path}: malformed checkpoint: no 'config' (the run's config is needed to resume)")
+    try:
+        Config.from_dict(dict(state["config"]), source=f"{path} (config)")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None  # names the file: "<path> (config): ..."
+    for key, types in _COUNTERS.items():
+        if key not in state:
+            continue
+        v = state[key]
+        ok = isinstance(v, types) and not isinstance(v, bool)
+        if ok and v is not None and key != "best_ap" and v < 0:
+            ok = False
+        if not ok:
+            want = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise CheckpointError(f"{path}: malformed checkpoint: '{key}' is {_short(v)}, expected {want}"
+                                  f"{'' if key == 'best_ap' else ' (>= 0)'}")
+    stats = state.get("epoch_stats")
+    if "epoch_stats" in state and not (
+            isinstance(stats, Mapping) and isinstance(stats.get("sums"), Mapping)
+            and all(_is_number(stats.get(k), int) for k in ("count", "skipped"))
+            and _is_number(stats.get("seconds"), int | float)):
+        raise CheckpointError(f"{path}: malformed checkpoint: 'epoch_stats' is not "
+                              "{sums: {...}, count: int, skipped: int, seconds: float}")
+    problem = rng_states_problem(state.get("rng")) if "rng" in state else None
+    if problem is None and "rng_torch" in state and not _is_byte_tensor(state["rng_torch"]):
+        problem = "'rng_torch' is not a uint8 tensor"
+    if problem is not None:
+        raise CheckpointError(f"{path}: malformed checkpoint: {problem}")
 
 
 # --------------------------------------------------------------------------- safetensors weights
@@ -137,7 +198,9 @@ def check_compatible(state_dict: Mapping[str, Any], model: torch.nn.Module, sour
                      examples: int = 3) -> None:
     """Raise CheckpointError if `state_dict` does not fit `model` key for key and shape, e.g.
     "checkpoint X was made for a different config: 12 missing keys e.g. a, b, c; shape mismatch for
-    decoder.x: [256] (checkpoint) vs [128] (model)"."""
+    decoder.x: [256] (checkpoint) vs [128] (model)". An entry that is not a tensor is a CheckpointError too
+    ("... malformed checkpoint: 'model' entry 'x' is a int, not a tensor")."""
+    _check_tensors(state_dict, "model", source)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -159,6 +222,32 @@ def check_compatible(state_dict: Mapping[str, Any], model: torch.nn.Module, sour
 
 
 # --------------------------------------------------------------------------- helpers
+def _check_tensors(state_dict: Mapping[Any, Any], what: str, path: Path | str | None) -> None:
+    """CheckpointError naming the first entry of `state_dict` that is not a tensor under a string name."""
+    for k, v in state_dict.items():
+        if not isinstance(k, str):
+            problem = f"'{what}' has a {type(k).__name__} key {_short(k)}, not a parameter name"
+        elif not isinstance(v, torch.Tensor):
+            problem = f"'{what}' entry '{k}' is a {type(v).__name__}, not a tensor"
+        else:
+            continue
+        where = f"{path}: malformed checkpoint" if path is not None else "malformed state dict"
+        raise CheckpointError(f"{where}: {problem}")
+
+
+def _is_byte_tensor(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1
+
+
+def _is_number(v: Any, types: Any) -> bool:
+    return isinstance(v, types) and not isinstance(v, bool)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")

@@ -39,6 +39,18 @@ class CocoEvaluator:
         counts = {n: list(names.values()).count(n) for n in names.values()}
         self.class_names = {c: n if counts[n] == 1 else f"{n} (id {c})" for c, n in names.items()}
         self.detections: list[dict[str, Any]] = []
+        self.skipped: dict[int, str] = {}
+        self.coco_eval: COCOeval | None = None
+        """The last `summarize()`'s COCOeval (its ground truth, detections, images and `eval` arrays), for the
+        error analysis (`engine/analysis.py`)."""
+
+    def skip_images(self, reasons: dict[int, str]) -> None:
+        """Leave these images out of the evaluation (their objects are neither found nor missed): images
+        that could not be read. `reasons`: image id -> message naming the file, listed in the metrics."""
+        unknown = sorted(set(reasons) - self.img_ids)
+        if unknown:
+            raise ValueError(f"cannot skip image_id {unknown[0]}, which is not in the ground truth")
+        self.skipped.update(reasons)
 
     def update(self, detections: list[dict[str, Any]]) -> None:
         """Add detections `{"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": float}`
@@ -52,38 +64,35 @@ class CocoEvaluator:
                                     "bbox": [float(v) for v in d["bbox"]], "score": float(d["score"])})
 
     def summarize(self) -> dict[str, Any]:
-        """Run COCOeval (bbox) over all images.
+        """Run COCOeval (bbox) over all images but the skipped ones.
 
         Returns:
             `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl` (percent floats, NaN when undefined), `per_class`
             ({class name: AP percent over IoU 0.5:0.95, area all, 100 dets; None for a class without
-            ground truth}), `summary_text` (pycocotools' 12-line summary) and `num_detections`.
+            ground truth}), `summary_text` (pycocotools' 12-line summary), `num_detections`, `num_images`
+            (images scored) and `skipped_images` (messages of the images left out, by image id).
         """
         log = io.StringIO()
         with contextlib.redirect_stdout(log):
             coco_dt = self._results()
             coco_eval = COCOeval(self.coco_gt, coco_dt, "bbox")
+            coco_eval.params.imgIds = sorted(self.img_ids - set(self.skipped))
             coco_eval.evaluate()
             coco_eval.accumulate()
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
             coco_eval.summarize()
+        self.coco_eval = coco_eval
         metrics: dict[str, Any] = {name: _percent(coco_eval.stats[i]) for i, name in enumerate(AP_NAMES)}
         metrics["per_class"] = self._per_class(coco_eval)
         metrics["summary_text"] = text.getvalue().rstrip("\n")
         metrics["num_detections"] = len(self.detections)
+        metrics["num_images"] = len(coco_eval.params.imgIds)
+        metrics["skipped_images"] = [self.skipped[i] for i in sorted(self.skipped)]
         return metrics
 
     def _results(self) -> COCO:
-        """The detections as a pycocotools results object; `loadRes` rejects an empty list, so no
-        detections give an empty results set over the same images and categories."""
-        if self.detections:
-            return self.coco_gt.loadRes([dict(d) for d in self.detections])
-        coco_dt = COCO()
-        coco_dt.dataset = {"images": list(self.coco_gt.dataset["images"]),
-                           "categories": list(self.coco_gt.dataset["categories"]), "annotations": []}
-        coco_dt.createIndex()
-        return coco_dt
+        return load_results(self.coco_gt, self.detections)
 
     def _per_class(self, coco_eval: COCOeval) -> dict[str, float | None]:
         precision = coco_eval.eval["precision"]  # [T iou, R recall, K class, A area, M maxdets]
@@ -102,8 +111,24 @@ class CocoEvaluator:
         return format_table(metrics)
 
 
+def load_results(coco_gt: COCO, detections: list[dict[str, Any]]) -> COCO:
+    """COCO-format detections as a pycocotools results object (the dicts are copied: `loadRes` adds keys);
+    `loadRes` rejects an empty list, so no detections give an empty results set over the same images and
+    categories."""
+    if detections:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes([dict(d) for d in detections])
+    coco_dt = COCO()
+    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
+                       "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt.createIndex()
+    return coco_dt
+
+
 def format_table(metrics: dict[str, Any], columns: int = 3) -> str:
-    """A readable table: the six headline APs, then per-class AP in `columns` name / AP column pairs."""
+    """A readable table: the six headline APs, then per-class AP in `columns` name / AP column pairs, then the
+    images left out of the scoring, if any (first 10)."""
     lines = ["  ".join(f"{k:>6}" for k in AP_NAMES), "  ".join(f"{_fmt(metrics[k]):>6}" for k in AP_NAMES)]
     per_class = list(metrics.get("per_class", {}).items())
     if per_class:
@@ -116,6 +141,13 @@ def format_table(metrics: dict[str, Any], columns: int = 3) -> str:
         for r in range(rows):
             cells = [cell.format(n, _fmt(ap)) for n, ap in per_class[r::rows]]
             lines.append("   ".join(cells).rstrip())
+    skipped = metrics.get("skipped_images") or []
+    if skipped:
+        scored = f"{metrics['num_images']} images scored; " if "num_images" in metrics else ""
+        lines += ["", f"{scored}{len(skipped)} skipped (could not be read, not scored):"]
+        lines += [f"  {m}" for m in skipped[:10]]
+        if len(skipped) > 10:
+            lines.append(f"  ... and {len(skipped) - 10} more")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 import torch
@@ -20,12 +21,17 @@ def autocast(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def predict_loader(model: torch.nn.Module, loader, device: torch.device, amp: str = "none",
-                   top_k: int = 100) -> list[dict[str, Any]]:
-    """COCO-format detections (dataset image / category ids) for every image this rank sees, unthresholded."""
+def predict_loader(model: torch.nn.Module, loader, device: torch.device, amp: str = "none", top_k: int = 100,
+                   unreadable: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """COCO-format detections (dataset image / category ids) for every image this rank sees, unthresholded.
+    Images the loader could not serve (`Batch.unreadable`) get none and go to `unreadable` (id -> message)."""
     model.eval()
     detections: list[dict[str, Any]] = []
     for batch in loader:
+        if unreadable is not None:
+            unreadable.update(getattr(batch, "unreadable", ()))
+        if len(batch) == 0:  # every image of this batch failed to decode
+            continue
         batch = batch.to(device)
         with autocast(device, amp):
             outputs = model(batch.images, batch.masks)
@@ -38,16 +44,32 @@ def predict_loader(model: torch.nn.Module, loader, device: torch.device, amp: st
 
 
 def evaluate_model(model: torch.nn.Module, loader, coco_gt, class_names: dict[int, str] | None,
-                   device: torch.device, amp: str = "none") -> tuple[dict[str, Any] | None, list[dict]]:
-    """COCO metrics and all ranks' detections on rank 0; (None, []) on the other ranks."""
-    dets = predict_loader(model, loader, device, amp)
-    gathered = dist_utils.all_gather_objects(dets)
+                   device: torch.device, amp: str = "none",
+                   keep: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, list[dict]]:
+    """COCO metrics and all ranks' detections on rank 0; (None, []) on the other ranks.
+
+    Images that do not decode are left out of the scoring (not counted as misses, their stand-in not scored in
+    their place), named on stderr and in the metrics (`skipped_images`, `num_images`). `keep`, when given, receives
+    `evaluator`: the `CocoEvaluator` (with its COCOeval) on rank 0, for the error analysis."""
+    unreadable: dict[int, str] = {}
+    dets = predict_loader(model, loader, device, amp, unreadable=unreadable)
+    gathered = dist_utils.all_gather_objects((dets, unreadable))
     if dist_utils.is_dist() and torch.distributed.get_rank() != 0:
         return None, []
-    merged = [d for part in gathered for d in part]  # the eval sampler shards without padding: no repeats
+    merged = [d for part, _ in gathered for d in part]  # the eval sampler shards without padding: no repeats
+    skipped = {iid: msg for _, part in gathered for iid, msg in part.items()}
     evaluator = CocoEvaluator(coco_gt, class_names)
     evaluator.update(merged)
-    return evaluator.summarize(), merged
+    evaluator.skip_images(skipped)
+    if skipped:
+        first = skipped[min(skipped)]
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        print(f"warning: evaluation skipped {len(skipped)} image(s) that could not be read, not scored: "
+              f"{first}{more}", file=sys.stderr, flush=True)
+    metrics = evaluator.summarize()
+    if keep is not None:
+        keep["evaluator"] = evaluator
+    return metrics, merged
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -3,14 +3,18 @@
 Each item is `(index, sample_seed)`: the dataset wrapper seeds the augmentation RNG with `sample_seed`, so a
 sample's random flip/scale/crop depends only on (seed, epoch, index), not on worker count, prefetching or
 where a run was interrupted. This is what makes resumed runs identical to uninterrupted ones.
+
+`GroupedBatchSampler` forms the training batches from a `ResumableSampler`'s order by aspect group
+(`data.group_by_aspect`), with the same `set_epoch` / `per_rank` interface.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, Sampler
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):
@@ -58,6 +62,74 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
         for i in self._indices()[self.start:]:
             yield i, (base + i) % (2**63 - 1)
+
+
+class GroupedBatchSampler(BatchSampler):
+    """Batches of one aspect group (portrait h > w / landscape), as detectron2's AspectRatioGroupedDataset and
+    mmdetection's GroupSampler: less padding in the padded batch.
+
+    Per rank: this rank's share of `sampler`'s epoch order (shuffled, sharded, padded, as without grouping) is
+    dealt into one bucket per group, and a bucket is emitted as a batch when it holds `batch_size` items. The
+    leftovers (fewer than `batch_size` per group) end the epoch: group 0's, then group 1's, cut into
+    `batch_size` pieces, so at most one batch per epoch and rank mixes groups and every batch but the last is
+    full: `ceil(per_rank / batch_size)` batches per rank, the same count on every rank (DDP) and without
+    grouping, and nothing dropped. Deterministic per (seed, epoch, rank, world size, batch size);
+    `set_epoch(epoch, start)` skips the first `start` samples of the epoch's batches (a resume; `start` is a
+    whole number of batches when it comes from the trainer's `epoch_samples`).
+    """
+
+    def __init__(self, sampler: ResumableSampler, groups: Sequence[int] | np.ndarray, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        groups = np.asarray(groups, dtype=np.int8)  # one byte per index, shared by forked workers
+        if len(groups) != sampler.size:
+            raise ValueError(f"{len(groups)} group ids for a sampler over {sampler.size} indices")
+        self.sampler = sampler
+        self.groups = groups
+        self.batch_size = batch_size
+        self.drop_last = False
+        self.start = 0
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch)  # the whole epoch's order: the batches depend on all of it
+        self.start = start
+
+    def per_rank(self) -> int:
+        return self.sampler.per_rank()
+
+    def batches(self) -> list[list[tuple[int, int]]]:
+        """The epoch's batches of this rank, from its first sample (`start` not applied)."""
+        b = self.batch_size
+        buckets: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
+        out = []
+        groups = self.groups.tolist()
+        for item in self.sampler:
+            g = 1 if groups[item[0]] else 0
+            bucket = buckets[g]
+            bucket.append(item)
+            if len(bucket) == b:
+                out.append(bucket)
+                buckets[g] = []
+        rest = buckets[0] + buckets[1]
+        out += [rest[k:k + b] for k in range(0, len(rest), b)]
+        return out
+
+    def __len__(self) -> int:
+        n = self.per_rank()
+        return 0 if self.start >= n else -(-n // self.batch_size) - self.start // self.batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        skip = self.start
+        for batch in self.batches():
+            if skip >= len(batch):
+                skip -= len(batch)
+                continue
+            yield batch[skip:]
+            skip = 0
 
 
 class SeededDataset(torch.utils.data.Dataset):

@@ -6,7 +6,8 @@ EMA, epoch and time budgets, checkpoint/resume, evaluation, and the run folder.
     run/tensorboard/         TensorBoard events
     run/last.pt, best.pt     full training state (atomic writes; `weights_only` loadable)
     run/weights/last.safetensors, best.safetensors   model weights (+ config in the metadata)
-    run/plots/               loss.png, ap.png, val_predictions.png
+    run/plots/               loss.png, ap.png, val_predictions.png, and at the end the error analysis of the last
+                             evaluation (engine/analysis.py): pr_curves, confusion_matrix, errors, val_gt_vs_pred
     run/metrics.json         final COCO evaluation
 """
 
@@ -20,21 +21,27 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import Config
+from ..config import Config, apply_overrides
 from ..errors import CheckpointError, ConfigError, UserError
 from ..fileio import remove_stale_temp_files
 from . import distributed as dist_utils
-from .checkpoint import check_compatible, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import check_compatible, check_training_state, load_checkpoint, save_checkpoint, save_weights
 from .inference import autocast, evaluate_model
+from .loading import read_trained, transfer_weights
 from .report import AP_KEYS, RunReport, atomic_write_json
-from .sampler import ResumableSampler, SeededDataset
+from .rundir import clear_run
+from .sampler import GroupedBatchSampler, ResumableSampler, SeededDataset
 from .schedule import WarmupStepSchedule
+
+_clock = time.perf_counter
+"""The training-time clock (a module attribute so that tests can drive it)."""
 
 
 @dataclass
@@ -47,10 +54,12 @@ class TrainResult:
 
 
 class _StopFlag:
-    """SIGINT / SIGTERM ask the loop to stop after the current step and write a checkpoint."""
+    """SIGINT / SIGTERM ask the loop to stop after the current step (or evaluation) and write a checkpoint."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal_name = ""
+        self._announced = False
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -60,21 +69,30 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
+        # no I/O here: a print can land inside another write to the same stream (tqdm's bar) and raise
+        # "reentrant call"; the loop reports the request (`announce`)
         if self.requested:
             if signum == signal.SIGINT:  # a second Ctrl-C stops at once
                 raise KeyboardInterrupt
             return  # repeated SIGTERMs (e.g. a supervisor and its child both forwarding one): keep stopping
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
         self._quiet_worker_deaths()
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-              "(again to abort)", file=sys.stderr)
+
+    def announce(self) -> None:
+        """Say once, outside the signal handler, that a stop was requested."""
+        if self.requested and not self._announced:
+            self._announced = True
+            print(f"\n{self.signal_name or 'stop'}: stopping and saving a checkpoint (again to abort)",
+                  file=sys.stderr, flush=True)
 
     def _quiet_worker_deaths(self) -> None:
         """A signal sent to the whole process group (Ctrl-C in a terminal, `kill -TERM -PGID`) also ends the
         DataLoader workers, and torch's SIGCHLD handler then raises "DataLoader worker ... is killed by signal"
         wherever the main process happens to be, e.g. halfway through writing the checkpoint. Once a stop is
         requested the workers' death is expected: swallow that error (the loader itself still reports it at
-        its next batch, which `_until_loader_dies` turns into the end of the epoch)."""
+        its next batch, which `_until_loader_dies` turns into the end of the epoch and `_evaluate` into a
+        stop)."""
         sigchld = getattr(signal, "SIGCHLD", None)
         previous = signal.getsignal(sigchld) if sigchld is not None else None
         if not callable(previous):
@@ -97,12 +115,23 @@ class Trainer:
     """Train `cfg` on the COCO-format dataset at `data` and write everything to `out`.
 
     `epochs` / `minutes`: the budget (either or both; the run stops at whichever comes first).
-    `resume`: continue from `out/last.pt` (or from the given checkpoint / run folder).
+    `resume`: continue from `out/last.pt` (or from the given checkpoint / run folder) with the run's own config;
+    `overrides` (the command line's `key=value`s) then change only what `RESUME_OVERRIDABLE` lists.
+    `weights`: start from a trained model's weights (run folder, .pt, .safetensors or `save_pretrained` folder;
+    `loading.transfer_weights`): a new run, with a fresh optimizer from epoch 0, not a resume.
+    `overwrite`: a new run in a folder that holds an earlier one: its files (`rundir.RUN_FILES`) are removed
+    first, so that nothing mixes.
     """
 
     def __init__(self, cfg: Config, data: Path, out: Path, *, epochs: int | None = None,
                  minutes: float | None = None, resume: bool | str | Path = False, device: str | None = None,
-                 log_every: int = 20, progress: bool | None = None) -> None:
+                 log_every: int = 20, progress: bool | None = None, overrides: Sequence[str] = (),
+                 weights: str | Path | None = None, overwrite: bool = False) -> None:
+        resuming = resume is not False and resume is not None
+        if weights is not None and resuming:
+            raise UserError("weights= starts a new run from trained weights, resume= continues a run: not both")
+        if overwrite and resuming:
+            raise UserError("overwrite= starts the run in `out` over, resume= continues it: not both")
         self.dist = dist_utils.init_distributed(device)
         self.device = self.dist.device
         self.data_root = Path(data)
@@ -112,24 +141,43 @@ class Trainer:
         resume_state = self._find_resume(resume)
         if resume_state is not None:
             saved = Config.from_dict(resume_state["config"], source="checkpoint config")
-            cfg = saved  # the run's own config wins: a resumed run is the same run
+            cfg, applied = resume_config(saved, overrides)  # a resumed run is the same run: its own config
+            if applied and self.dist.is_main:
+                print(f"resume: applied {', '.join(applied)} (the rest of the config is the run's own)", flush=True)
         if epochs is not None:
             cfg.train.epochs = epochs
         self.minutes = minutes if minutes is not None else (resume_state or {}).get("minutes")
         if cfg.train.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.amp=fp16 needs CUDA; use train.amp=bf16 on CPU")
         self.cfg = cfg
+        # read before the dataset: a bad --weights file fails at once, with one line naming it
+        self._init_weights = read_trained(weights) if weights is not None else None
         self._seed_everything(cfg.train.seed + self.dist.rank, cfg.train.deterministic)
         self._build_data()
+        n_batches = math.ceil(self.train_sampler.per_rank() / cfg.train.batch_size)
+        if cfg.train.accumulate > n_batches:
+            warnings.warn(f"train.accumulate={cfg.train.accumulate} is more than the {n_batches} batches of an "
+                          f"epoch: each epoch takes one optimizer step, over its {n_batches} batches",
+                          UserWarning, stacklevel=2)
         self._build_model()
         self.state = {"epoch": 0, "epoch_samples": 0, "step": 0, "elapsed": 0.0, "best_ap": -1.0,
                       "nonfinite_total": 0, "epoch_stats": _new_epoch_stats()}
         self.resumed = resume_state is not None
         if resume_state is not None:
             self._load_state(resume_state)
+        # every rank must start from the same state (multi-node without a shared file system: only rank 0
+        # may have found last.pt); a collective, so it runs on every rank, resumed or not
+        dist_utils.check_same_state(self.model, resumed=self.resumed, epoch=self.state["epoch"],
+                                    step=self.state["step"], epoch_samples=self.state["epoch_samples"])
+        if overwrite and self.dist.is_main:
+            removed = clear_run(self.out)
+            if removed:
+                print(f"{self.out}: removed the earlier run's {', '.join(removed)} (overwritten)", flush=True)
         self.report = RunReport(self.out) if self.dist.is_main else None
         self._last_metrics: dict[str, Any] | None = None
         self._last_dets: list[dict[str, Any]] = []
+        self._last_evaluator: Any = None  # the last evaluation's CocoEvaluator (rank 0), for the error analysis
+        self._epoch_end_samples = 0
 
     # ------------------------------------------------------------------ setup
     def _find_resume(self, resume: bool | str | Path) -> dict[str, Any] | None:
@@ -146,8 +194,7 @@ class Trainer:
                 return None
             raise CheckpointError(f"{path}: no checkpoint to resume from")
         state = load_checkpoint(path)
-        if "optimizer" not in state:
-            raise CheckpointError(f"{path}: holds weights only, not a training state; cannot resume from it")
+        check_training_state(state, path)  # a one-line CheckpointError for a malformed or weights-only file
         return state
 
     @staticmethod
@@ -182,6 +229,9 @@ class Trainer:
         m.num_classes, m.category_ids, m.class_names = len(ids), ids, names
         self.train_sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=t.seed,
                                               num_replicas=self.dist.world_size, rank=self.dist.rank)
+        if d.group_by_aspect:  # batches of one orientation; same set_epoch / per_rank, built per rank
+            self.train_sampler = GroupedBatchSampler(self.train_sampler, self.train_set.aspect_groups(),
+                                                     t.batch_size)
         self.val_sampler = ResumableSampler(len(self.val_set), shuffle=False, pad=False,
                                             num_replicas=self.dist.world_size, rank=self.dist.rank)
         workers = d.num_workers
@@ -200,6 +250,11 @@ class Trainer:
 
         cfg = self.cfg
         model = DynamicDETR(cfg.model).to(self.device)
+        if self._init_weights is not None:  # fine-tuning: whatever fits; the rest (class heads) stays fresh
+            transfer = transfer_weights(model, self._init_weights)
+            self._init_weights = None
+            if self.dist.is_main:
+                print(transfer.summary(), flush=True)
         if self.dist.distributed and self.device.type == "cuda" and cfg.train.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place; same parameters
         self.model = model
@@ -240,8 +295,10 @@ class Trainer:
         if state.get("world_size", 1) != self.dist.world_size or state.get("batch_size") != self.cfg.train.batch_size:
             self.state["epoch_samples"] = 0  # a different sharding: restart the interrupted epoch
             self.state["epoch_stats"] = _new_epoch_stats()
-        if "rng_torch" in state:
-            torch.set_rng_state(state["rng_torch"])
+        # each rank its own RNG states (torch, CUDA, numpy, python); checkpoints before them: rank 0's torch one
+        rng = state.get("rng") or ([{"torch": state["rng_torch"]}] if "rng_torch" in state else None)
+        if rng:
+            dist_utils.restore_rng(rng, state.get("world_size", 1), self.dist)
 
     # ------------------------------------------------------------------ checkpoints
     def _state_dict(self) -> dict[str, Any]:
@@ -255,13 +312,13 @@ class Trainer:
             "minutes": self.minutes,
             "world_size": self.dist.world_size,
             "batch_size": self.cfg.train.batch_size,
-            "rng_torch": torch.get_rng_state(),
         }
 
     def save(self, best: bool = False) -> None:
+        rng = dist_utils.all_gather_objects(dist_utils.rng_state(self.device))  # every rank's (a collective)
         if not self.dist.is_main:
             return
-        state = self._state_dict()
+        state = {**self._state_dict(), "rng": rng}
         save_checkpoint(self.out / "last.pt", state)
         meta = {"config": _json(self.cfg.to_dict())}
         weights = self.ema.module.state_dict() if self.ema is not None else self.model.state_dict()
@@ -296,24 +353,35 @@ class Trainer:
         with _StopFlag() as stop:
             while self.state["epoch"] < t.epochs:
                 status = self._train_epoch(stop)
-                if status not in ("epoch done",):
+                if status not in ("epoch done", "time budget mid-epoch"):
                     break
+                if status == "time budget mid-epoch":  # stopped inside an epoch: record it as a (partial) epoch
+                    self._close_epoch()
                 epoch = self.state["epoch"]
                 last = epoch >= t.epochs or self._out_of_time()
-                metrics = self._evaluate() if (epoch % t.eval_every == 0 or last) else None
+                try:
+                    metrics = self._evaluate(stop) if (epoch % t.eval_every == 0 or last) else None
+                except _EvalInterrupted:
+                    # keep the epoch's training: checkpoint it as trained but not ended (its samples seen, its
+                    # loss sums kept), so that a resume evaluates it and writes its results.csv row
+                    self.state["epoch"] -= 1
+                    self.state["epoch_samples"] = self._epoch_end_samples
+                    status = "interrupted"
+                    break
                 self._end_epoch(metrics)
-                status = "finished"
                 if self._out_of_time():
                     status = "time budget"
                     break
-            if status == "time budget mid-epoch":  # stopped inside an epoch: record it as a (partial) epoch
-                self.state["epoch"] += 1
-                self.state["epoch_samples"] = 0
-                self._end_epoch(self._evaluate())
-                status = "time budget"
-            elif status in ("interrupted", "stopped: non-finite"):
+                status = "finished"
+                if self.state["epoch"] < t.epochs and dist_utils.any_rank(stop.requested, self.device):
+                    status = "interrupted"  # requested during the evaluation, which finished: the epoch is saved
+                    break
+            if status in ("interrupted", "stopped: non-finite"):
+                stop.announce()
                 self.save()
         metrics = self._write_final_metrics() if status in ("finished", "time budget") else None
+        if metrics is not None:
+            self._write_analysis()
         if self.report is not None:
             self.report.close()
         return TrainResult(self.out, metrics, self.state["epoch"], status)
@@ -328,8 +396,19 @@ class Trainer:
         stats = self.state["epoch_stats"]
         sums: dict[str, float] = defaultdict(float, stats["sums"])
         count, nonfinite_run, skipped = stats["count"], 0, stats["skipped"]
-        t0 = time.perf_counter() - stats["seconds"]
-        last_tick = t0
+        # t0 is shifted back by the seconds the epoch already had before a resume (its results.csv time);
+        # the run's `elapsed` already counts those seconds, so it only grows from now on
+        t0 = _clock() - stats["seconds"]
+        last_tick = _clock()
+        # Accumulation windows are counted from the epoch's start and the last one may be shorter: it steps at
+        # the epoch's end over the batches it has. So no gradient crosses an epoch boundary (an epoch-end
+        # checkpoint holds no pending gradient, and a resume restarts at a window's start: checkpoints are only
+        # written at window ends) and every batch is used; each window's loss is its mean over its batches.
+        n_batches = math.ceil(self.train_sampler.per_rank() / t.batch_size)
+        done = self.state["epoch_samples"] // t.batch_size  # all batches but the epoch's last are full
+        self.optimizer.zero_grad(set_to_none=True)
+        window_ok, pending, buffers = True, False, []
+        committed = (self.state["epoch_samples"], self.state["epoch_stats"])
         iterator = self.train_loader
         bar = None
         if self.progress and self.dist.is_main:
@@ -339,7 +418,15 @@ class Trainer:
                        dynamic_ncols=True, leave=True)
             iterator = bar
         lr = self.optimizer.param_groups[0]["lr"]
-        for micro, batch in enumerate(_until_loader_dies(iterator, stop), start=1):
+        for i, batch in enumerate(_until_loader_dies(iterator, stop), start=1):
+            micro = done + i
+            window_start = (micro - 1) // t.accumulate * t.accumulate  # batches of the epoch before this window
+            window = min(t.accumulate, n_batches - window_start)
+            boundary = micro - window_start >= window
+            if micro - 1 == window_start:
+                # a forward writes BatchNorm statistics (and any other buffer) before its loss is known: keep
+                # the window's starting values to put back if its step is skipped (buffers are small)
+                buffers = _snapshot_buffers(self.model)
             batch = batch.to(self.device)
             with autocast(self.device, t.amp):
                 outputs = self.ddp(batch.images, batch.masks, batch.targets)
@@ -348,31 +435,28 @@ class Trainer:
             loss_value = float(loss.detach())
             finite = not dist_utils.any_rank(not math.isfinite(loss_value), self.device)
             if finite:
-                self.scaler.scale(loss / t.accumulate).backward()
-            boundary = micro % t.accumulate == 0
+                self.scaler.scale(loss / window).backward()
+            window_ok = window_ok and finite
+            pending = not boundary
+            stepped = False
             if boundary:
-                if finite:
-                    self.scaler.unscale_(self.optimizer)
-                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                    norm = torch.nn.utils.clip_grad_norm_(params, t.clip_max_norm if t.clip_max_norm > 0 else
-                                                          float("inf"))
-                    finite = not dist_utils.any_rank(not bool(torch.isfinite(norm)), self.device)
-                if finite:
-                    lr = self.schedule.apply(self.optimizer, self.state["step"], self._progress(self.state["step"]))
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
+                if window_ok:
+                    stepped, lr = self._optimizer_step(lr)
+                if stepped:
                     if self.ema is not None:
                         self.ema.update_parameters(self.model)
                     self.state["step"] += 1
                     nonfinite_run = 0
                 else:
+                    _restore_buffers(buffers)
                     skipped += 1
                     nonfinite_run += 1
                     self.state["nonfinite_total"] += 1
                     warnings.warn(f"non-finite loss or gradient at step {self.state['step']}: step skipped "
                                   f"({nonfinite_run} in a row)", RuntimeWarning, stacklevel=1)
                 self.optimizer.zero_grad(set_to_none=True)
-            now = time.perf_counter()
+                window_ok = True
+            now = _clock()
             self.state["elapsed"] += now - last_tick
             last_tick = now
             self.state["epoch_samples"] += len(batch.targets)
@@ -381,16 +465,21 @@ class Trainer:
                 for k, v in losses.items():
                     sums[k] += float(v.detach())
             self.state["epoch_stats"] = {"sums": dict(sums), "count": count, "skipped": skipped,
-                                         "seconds": time.perf_counter() - t0}
+                                         "seconds": _clock() - t0}
+            if boundary:
+                committed = (self.state["epoch_samples"], self.state["epoch_stats"])
+            stop.announce()
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
             elif self.dist.is_main and self.state["step"] % self.log_every == 0 and boundary:
                 print(f"epoch {epoch + 1} step {self.state['step']} loss {loss_value:.4f} lr {lr:.2e} "
                       f"elapsed {self.state['elapsed'] / 60:.1f} min", flush=True)
-            if self.report is not None and boundary and finite:
+            if self.report is not None and stepped:
                 self.report.scalar("train/loss", loss_value, self.state["step"])
                 self.report.scalar("train/lr", lr, self.state["step"])
             if nonfinite_run >= t.max_nonfinite_steps:
+                if bar is not None:
+                    bar.close()
                 print(f"error: {nonfinite_run} non-finite steps in a row: stopping; the last good checkpoint "
                       f"is {self.out / 'last.pt'} (try a lower train.lr or train.amp=none)", file=sys.stderr)
                 return "stopped: non-finite"
@@ -404,28 +493,76 @@ class Trainer:
             if boundary and self._out_of_time():
                 if bar is not None:
                     bar.close()
-                self._epoch_sums = (sums, count, skipped, time.perf_counter() - t0, lr)
+                self._epoch_sums = (sums, count, skipped, _clock() - t0, lr)
                 return "time budget mid-epoch"
         if bar is not None:
             bar.close()
         if dist_utils.any_rank(stop.requested, self.device):  # the loader ended early on a stop request
+            if pending:  # inside a window: its gradient is dropped, so a resume redoes its batches
+                _restore_buffers(buffers)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state["epoch_samples"], self.state["epoch_stats"] = committed
             return "interrupted"
-        self._epoch_sums = (sums, count, skipped, time.perf_counter() - t0, lr)
-        self.state["epoch"] += 1
-        self.state["epoch_samples"] = 0
+        self._epoch_sums = (sums, count, skipped, _clock() - t0, lr)
+        self._close_epoch()
         return "epoch done"
 
-    def _evaluate(self) -> dict[str, Any] | None:
+    def _close_epoch(self) -> None:
+        """Count the epoch as done (its samples seen so far are kept for `fit` to reopen it)."""
+        self.state["epoch"] += 1
+        self._epoch_end_samples = self.state["epoch_samples"]
+        self.state["epoch_samples"] = 0
+
+    def _optimizer_step(self, lr: float) -> tuple[bool, float]:
+        """Unscale, clip and step at the end of an accumulation window: (whether the optimizer stepped, lr).
+        False when the gradients are not finite. Under fp16 the GradScaler decides: unscale_, step and update
+        always run together (skipping update() left the scaler "unscaled" and the next unscale_() raised), its
+        step() skips the optimizer on inf / NaN gradients and update() backs the scale off."""
+        t = self.cfg.train
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        max_norm = t.clip_max_norm if t.clip_max_norm > 0 else float("inf")
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            lr = self.schedule.apply(self.optimizer, self.state["step"], self._progress(self.state["step"]))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return self.scaler.get_scale() >= scale, lr  # a lower scale: inf / NaN found, step skipped
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if dist_utils.any_rank(not bool(torch.isfinite(norm)), self.device):
+            return False, lr
+        lr = self.schedule.apply(self.optimizer, self.state["step"], self._progress(self.state["step"]))
+        self.optimizer.step()
+        return True, lr
+
+    def _evaluate(self, stop: _StopFlag | None = None) -> dict[str, Any] | None:
+        """COCO metrics of the model (led by its EMA's when EMA is on). A stop request meanwhile raises
+        `_EvalInterrupted`: at the next batch in a single process; in a distributed run (every rank must reach
+        the evaluation's collectives) only when the signal killed the loader's workers."""
         names = dict(zip(self.cfg.model.category_ids, self.cfg.model.class_names, strict=True))
         gt = self.val_set.coco_gt()
-        metrics, dets = evaluate_model(self.model, self.val_loader, gt, names, self.device, self.cfg.train.amp)
-        if self.ema is not None:
-            ema_metrics, ema_dets = evaluate_model(self.ema.module, self.val_loader, gt, names, self.device,
-                                                   self.cfg.train.amp)
-            if metrics is not None:
-                ema_metrics["raw"] = {k: metrics[k] for k in AP_KEYS}
-                metrics, dets = ema_metrics, ema_dets
+        loader = self.val_loader
+        if stop is not None and not self.dist.distributed:
+            loader = _StopAwareLoader(loader, stop)
+        amp = self.cfg.train.amp
+        self._last_evaluator = None  # let the previous one's COCOeval go before the next is built
+        raw_keep: dict[str, Any] = {}
+        ema_keep: dict[str, Any] = {}
+        try:
+            metrics, dets = evaluate_model(self.model, loader, gt, names, self.device, amp, keep=raw_keep)
+            if self.ema is not None:
+                ema_metrics, ema_dets = evaluate_model(self.ema.module, loader, gt, names, self.device, amp,
+                                                       keep=ema_keep)
+        except RuntimeError:  # "DataLoader worker ... is killed by signal" once a stop is requested
+            if stop is None or not stop.requested:
+                raise
+            raise _EvalInterrupted from None
+        if self.ema is not None and metrics is not None:  # the other ranks get None
+            ema_metrics["raw"] = {k: metrics[k] for k in AP_KEYS}
+            metrics, dets = ema_metrics, ema_dets
         self._last_dets = dets
+        self._last_evaluator = (ema_keep if self.ema is not None else raw_keep).get("evaluator")
         return metrics
 
     def _end_epoch(self, metrics: dict[str, Any] | None) -> None:
@@ -488,6 +625,21 @@ class Trainer:
         atomic_write_json(self.out / "metrics.json", data)
         return data
 
+    def _write_analysis(self) -> None:
+        """The error analysis of the last evaluation into plots/ (rank 0). A failure only warns: the run is done."""
+        evaluator, self._last_evaluator = self._last_evaluator, None
+        if not self.dist.is_main or evaluator is None:
+            return
+        from .analysis import write_analysis
+        from .visualize import dataset_images
+
+        try:
+            write_analysis(self.out / "plots", evaluator, dataset_images(self.val_set, 8))
+        except Exception as e:  # never lose a finished run's exit status over its figures
+            print(f"warning: error analysis failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return
+        print(f"error analysis (PR curves, confusion matrix, error breakdown): {self.out / 'plots'}", flush=True)
+
 
 def param_groups(model: torch.nn.Module, t: Any) -> list[dict[str, Any]]:
     """AdamW parameter groups: the rest at `lr` first (its lr is the one logged), the backbone trunk at
@@ -513,6 +665,39 @@ def param_groups(model: torch.nn.Module, t: Any) -> list[dict[str, Any]]:
     return [{"params": rest, "lr": t.lr, "name": "rest"}, *extra]
 
 
+RESUME_OVERRIDABLE = ("train.epochs", "train.eval_every", "train.checkpoint_every", "train.max_nonfinite_steps",
+                      "data.num_workers")
+"""Config keys that a resumed run takes from the command line: the budget, how often to evaluate and checkpoint,
+the non-finite patience, the loader's workers. Any other change (model, data geometry, optimisation, batch size,
+seed) would make a different run from the checkpointed one."""
+
+
+def resume_config(saved: Config, overrides: Sequence[str]) -> tuple[Config, list[str]]:
+    """The checkpointed config of a resumed run with the command line's `key=value` overrides applied, and the
+    overrides that changed it. Ones that repeat the run's values are ignored (the first command again, plus
+    `--resume`); changing a key outside `RESUME_OVERRIDABLE` is a one-line ConfigError naming the keys."""
+    if not overrides:
+        return saved, []
+    new = apply_overrides(saved, list(overrides))
+    before, after = saved.to_dict(), new.to_dict()
+    changed: dict[str, str] = {}  # key -> its override
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if _lookup(before, key) != _lookup(after, key):
+            changed[key] = item.strip()
+    refused = [k for k in changed if k not in RESUME_OVERRIDABLE]
+    if refused:
+        raise ConfigError(f"--resume cannot change {', '.join(refused)} (a resumed run keeps its config except "
+                          f"{', '.join(RESUME_OVERRIDABLE)}); start a new run with another --out for that")
+    return new, list(changed.values())
+
+
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
 def _until_loader_dies(iterator, stop: _StopFlag):
     """Batches from `iterator`; if a DataLoader worker dies *because a stop was requested* (a signal sent to
     the whole process group, e.g. Ctrl-C or `kill -TERM -PGID`), end the epoch quietly so that the stop path
@@ -530,8 +715,40 @@ def _until_loader_dies(iterator, stop: _StopFlag):
         yield batch
 
 
+class _EvalInterrupted(Exception):
+    """A stop request cut an evaluation short (its metrics would be partial: none are reported)."""
+
+
+class _StopAwareLoader:
+    """The batches of `loader`, raising `_EvalInterrupted` at the next one once a stop is requested."""
+
+    def __init__(self, loader, stop: _StopFlag) -> None:
+        self.loader = loader
+        self.stop = stop
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.stop.requested:
+                raise _EvalInterrupted
+            yield batch
+
+
 def _new_epoch_stats() -> dict[str, Any]:
     return {"sums": {}, "count": 0, "skipped": 0, "seconds": 0.0}
+
+
+def _snapshot_buffers(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) of each of the model's buffers: BatchNorm statistics and counters."""
+    return [(b, b.detach().clone()) for b in model.buffers()]
+
+
+def _restore_buffers(snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for buffer, saved in snapshot:
+            buffer.copy_(saved)
 
 
 def float32_outputs(outputs: dict[str, Any]) -> dict[str, Any]:

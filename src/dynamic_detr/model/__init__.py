@@ -1,4 +1,4 @@
-"""The Dynamic DETR model: ResNet-FPN backbone, dynamic encoder, dynamic decoder (PAPER.md)."""
+"""The Dynamic DETR model: ResNet-FPN backbone, dynamic encoder, dynamic decoder (docs/paper.md)."""
 
 from .detector import DynamicDETR
 

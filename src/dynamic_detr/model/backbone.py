@@ -1,8 +1,8 @@
 """Backbone: torchvision ResNet trunk (`body`) + FPN on C3-C5 with P6/P7 (`fpn`), giving P3-P7.
 
-PAPER.md: R50-FPN with 5 scales (P3-P7, `hidden_dim` channels, P6/P7 from P5 as in RetinaNet/ATSS). Frozen BN
-and a frozen stem + stage 1 are right for pretrained weights; at random init frozen BN is an identity, so
-`norm="auto"` trains BN instead and nothing is frozen.
+The paper (docs/paper.md): R50-FPN with 5 scales (P3-P7, `hidden_dim` channels, P6/P7 from P5 as in
+RetinaNet/ATSS). Frozen BN and a frozen stem + stage 1 are right for pretrained weights; at random init frozen
+BN is an identity, so `norm="auto"` trains BN instead and nothing is frozen.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ LOCAL_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
 def resolve_norm(cfg: BackboneConfig, pretrained: bool) -> str:
-    """"frozen_bn" or "bn": `auto` follows whether weights are loaded (PAPER.md, Backbone)."""
+    """"frozen_bn" or "bn": `auto` follows whether weights are loaded (docs/paper.md, Backbone)."""
     if cfg.norm == "auto":
         return "frozen_bn" if pretrained else "bn"
     return cfg.norm

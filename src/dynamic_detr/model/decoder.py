@@ -1,4 +1,4 @@
-"""Dynamic decoder (PAPER.md): M stages over K object queries, each a content embedding Q and a box B.
+"""Dynamic decoder (docs/paper.md): M stages over K object queries, each a content embedding Q and a box B.
 
 Per stage:
     Q*  = MultiHeadSelfAttn(Q, Q, Q)          # box encoding of B as position, residual + LN
@@ -126,7 +126,7 @@ class DynamicDecoder(nn.Module):
         super().__init__()
         d, dc = cfg.hidden_dim, cfg.decoder
         self.detach_boxes = dc.detach_boxes
-        # PAPER.md: all boxes start as the whole image, so only the content embeddings tell queries apart;
+        # all boxes start as the whole image (docs/paper.md), so only the content embeddings tell queries apart;
         # nn.Embedding's N(0, 1) init keeps them spread out (N(0, 0.02) collapsed to one box in eval).
         self.query_embed = nn.Embedding(dc.num_queries, d)
         self.init_boxes = nn.Embedding(dc.num_queries, 4)

@@ -18,6 +18,7 @@ from torchvision.ops import box_convert
 
 from ..config import ModelConfig
 from .decoder import PRIOR_PROB
+from .padding import apply_sequential
 
 
 def level_points(feats: list[Tensor], strides: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -64,13 +65,15 @@ class DenseHead(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
 
-    def forward(self, feats: list[Tensor]) -> dict[str, Tensor]:
-        """feats: [B, d, H_l, W_l] per level -> {"logits": [B, N, C], "ltrb": [B, N, 4] input pixels (>= 0),
+    def forward(self, feats: list[Tensor], valid: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """feats: [B, d, H_l, W_l] per level (`valid`: per-level masks of the unpadded regions, for the
+        towers' GroupNorm statistics, model/padding.py) -> {"logits": [B, N, C], "ltrb": [B, N, 4] input pixels (>= 0),
         "centerness": [B, N] logits, "points": [N, 2], "stride": [N]}, N = all locations, finest level first."""
         logits, ltrb, ctr = [], [], []
         for i, (f, s) in enumerate(zip(feats, self.strides, strict=True)):
-            c = self.cls_tower(f)
-            b = self.box_tower(f)
+            v = None if valid is None else valid[i]
+            c = apply_sequential(self.cls_tower, f, v)
+            b = apply_sequential(self.box_tower, f, v)
             logits.append(self.cls_logits(c).flatten(2).transpose(1, 2))
             # FCOS with normalised targets: distances = ReLU(scale_l * x) * stride
             ltrb.append((F.relu(self.box_ltrb(b) * self.scales[i]) * s).flatten(2).transpose(1, 2))
@@ -92,16 +95,14 @@ def dense_scores(dense: dict[str, Tensor]) -> Tensor:
     return (dense["logits"].sigmoid().amax(-1) * dense["centerness"].sigmoid()).sqrt()
 
 
-def select_queries(dense: dict[str, Tensor], valid_hw: Tensor, k: int, skip: int = 0
-                   ) -> tuple[Tensor, Tensor]:
+def select_queries(dense: dict[str, Tensor], valid_hw: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Query selection (two-stage Deformable DETR, DINO, RT-DETR): each image's top-k dense boxes by score,
     among the locations inside its unpadded region.
 
     Args:
         dense: `DenseHead` output.
         valid_hw: [B, 2] (h, w) pixels of each image's unpadded region.
-        k: boxes per image.
-        skip: drop the `skip` best first (the hybrid branch takes the boxes after the main queries').
+        k: boxes per image, best first (with the hybrid branch: K matching + H one-to-many queries).
     Returns:
         boxes [B, k, 4] cxcywh normalised by the valid size (detached, at least one pixel wide), and the
         selected location indices [B, k] (into N).
@@ -111,8 +112,7 @@ def select_queries(dense: dict[str, Tensor], valid_hw: Tensor, k: int, skip: int
     inside = (p[None, :, 0] < valid_hw[:, None, 1]) & (p[None, :, 1] < valid_hw[:, None, 0])  # [B, N]
     scores = scores.masked_fill(~inside, -1.0)
     n = scores.shape[1]
-    take = min(k + skip, n)
-    idx = scores.topk(take, dim=1).indices[:, skip:]
+    idx = scores.topk(min(k, n), dim=1).indices
     if idx.shape[1] < k:  # fewer locations than queries (a tiny input): repeat the best ones
         idx = idx.repeat(1, math.ceil(k / max(idx.shape[1], 1)))[:, :k]
     xyxy = dense_boxes(dense).detach().gather(1, idx[..., None].expand(-1, -1, 4))

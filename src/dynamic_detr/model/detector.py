@@ -1,4 +1,4 @@
-"""DynamicDETR: backbone (ResNet-FPN, P3-P7) -> dynamic encoder -> dynamic decoder (PAPER.md, Figure 1)."""
+"""DynamicDETR: backbone (ResNet-FPN, P3-P7) -> dynamic encoder -> dynamic decoder (docs/paper.md)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .decoder import DynamicDecoder
 from .denoising import group_attention_mask, noised_queries
 from .dense_head import DenseHead, select_queries
 from .encoder import DynamicEncoder
+from .padding import level_masks
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -81,23 +82,26 @@ class DynamicDETR(nn.Module):
              "dense" (`DenseHead.forward`); in training mode, with their switches on, "hybrid_stages" (the
              one-to-many queries) and "dn_stages" + "dn" (the denoising queries, `noised_queries`).
         """
+        # padding-aware pooling only where there is padding (never in a traced graph: whole images)
+        padded = masks is not None and not torch.jit.is_tracing() and bool(masks.any())
         if masks is None:
             masks = images.new_zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
         # normalise, then zero the padding again: padded pixels are the mean colour, as when padding after
         # normalising (DETR, torchvision's GeneralizedRCNNTransform)
         x = ((images - self.pixel_mean) / self.pixel_std).masked_fill(masks[:, None], 0.0)
-        feats = self.encoder(self.backbone(x))
+        feats = self.backbone(x)
         valid_hw = valid_sizes(masks)
+        # per-level masks of each image's unpadded region: the encoder's and dense head's statistics come from
+        # the image alone, so its detections do not depend on the rest of the batch (model/padding.py)
+        valid = level_masks(valid_hw, [(int(f.shape[-2]), int(f.shape[-1])) for f in feats],
+                            self.backbone.strides) if padded else None
+        feats = self.encoder(feats, valid)
         out: dict[str, Any] = {"valid_hw": valid_hw}
         dense = None
         if self.dense_head is not None:
-            dense = out["dense"] = self.dense_head(feats)
+            dense = out["dense"] = self.dense_head(feats, valid)
         dc = self.cfg.decoder
-        b, k = images.shape[0], dc.num_queries
-        groups = [self._initial_queries(feats, dense, valid_hw, k, 0, b)]
-        if self.training and dc.num_hybrid_queries:
-            groups.append(self._initial_queries(feats, dense, valid_hw, dc.num_hybrid_queries, k, b,
-                                                hybrid=True))
+        groups = self._query_groups(feats, dense, valid_hw)
         dn = None
         if self.training and dc.dn_queries and targets is not None:
             dn = noised_queries(targets, dc.dn_queries, self.cfg.num_classes, dc.dn_box_noise, dc.dn_label_noise)
@@ -117,38 +121,35 @@ class DynamicDETR(nn.Module):
         out.update(logits=stages[-1]["logits"], boxes=stages[-1]["boxes"], stages=stages)
         return out
 
-    def _initial_queries(self, feats: list[Tensor], dense: dict[str, Tensor] | None, valid_hw: Tensor, k: int,
-                         skip: int, b: int, hybrid: bool = False) -> tuple[Tensor | None, Tensor | None]:
-        """Content [B, k, d] and boxes [B, k, 4] of a query group (None = the decoder's learned ones)."""
-        mode = self.cfg.decoder.query_selection
-        embed = self.hybrid_embed if hybrid else self.decoder.query_embed
-        content = embed.weight[None].expand(b, -1, -1) if hybrid else None
-        if mode == "none" or dense is None:
-            return content, (self.hybrid_boxes.weight[None].expand(b, -1, -1) if hybrid else None)
-        boxes, idx = select_queries(dense, valid_hw, k, skip)
-        if mode == "boxes+content":
+    def _query_groups(self, feats: list[Tensor], dense: dict[str, Tensor] | None, valid_hw: Tensor
+                      ) -> list[tuple[Tensor, Tensor]]:
+        """Content [B, L, d] and boxes [B, L, 4] of the matching queries and, in training with the hybrid
+        branch on, of the one-to-many queries. With query selection the boxes (and contents) come from one
+        top-(K + H) of the dense head: the matching queries take the K best, the hybrid ones the next H."""
+        dc = self.cfg.decoder
+        b, k = valid_hw.shape[0], dc.num_queries
+        h = dc.num_hybrid_queries if self.training else 0
+        learned = [(self.decoder.query_embed, self.decoder.init_boxes)]
+        if h:
+            learned.append((self.hybrid_embed, self.hybrid_boxes))
+        if dc.query_selection == "none" or dense is None:
+            return [(e.weight[None].expand(b, -1, -1), bx.weight[None].expand(b, -1, -1)) for e, bx in learned]
+        boxes, idx = select_queries(dense, valid_hw, k + h)
+        if dc.query_selection == "boxes+content":
             flat = torch.cat([f.flatten(2) for f in feats], dim=2).transpose(1, 2)  # [B, N, d]
             picked = flat.gather(1, idx[..., None].expand(-1, -1, flat.shape[-1])).detach()
             content = self.decoder.content_proj(picked)
-        elif content is None:
-            content = embed.weight[None].expand(b, -1, -1)
-        return content, boxes
+        else:
+            content = torch.cat([e.weight[None].expand(b, -1, -1) for e, _ in learned], dim=1)
+        return [(content[:, :k], boxes[:, :k]), *([(content[:, k:], boxes[:, k:])] if h else [])]
 
-    def _decode_groups(self, feats: list[Tensor], valid_hw: Tensor, groups: list[tuple[Tensor | None, Tensor | None]],
+    def _decode_groups(self, feats: list[Tensor], valid_hw: Tensor, groups: list[tuple[Tensor, Tensor]],
                        dn: dict[str, Tensor] | None) -> list[dict[str, Any]]:
         """One decoder pass over several query groups (matching, hybrid, denoising groups) that never attend to
         each other; each stage's output is split back: {"logits", "boxes"} of the matching queries, plus
         "hybrid" and "dn" sub-dicts."""
         b = valid_hw.shape[0]
-        d = self.cfg.hidden_dim
-        contents, boxes = [], []
-        for content, box in groups:
-            if content is None:
-                content = self.decoder.query_embed.weight[None].expand(b, -1, -1)
-            if box is None:
-                box = self.decoder.init_boxes.weight[None].expand(b, -1, -1)
-            contents.append(content.expand(b, -1, d))
-            boxes.append(box.expand(b, -1, 4))
+        contents, boxes = zip(*groups, strict=True)
         sizes = [c.shape[1] for c in contents]
         key_valid = None
         if dn is not None:
@@ -281,18 +282,25 @@ def top_k_detections(logits: Tensor, boxes: Tensor, orig_sizes: Tensor, focal: b
     softmax: each query's best non-background class, top-k queries (DETR). Returns boxes [B, k, 4] xyxy in
     original pixels clamped to the image, scores [B, k], contiguous labels [B, k].
     """
-    logits, boxes = logits.float(), boxes.float()
-    b, k, c = logits.shape
-    if focal:
-        prob = logits.sigmoid().flatten(1)  # [B, K*C]
-        scores, idx = prob.topk(min(top_k, k * c), dim=1)
-        query, labels = idx // c, idx % c
-    else:
-        scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # [B, K]
-        scores, query = scores.topk(min(top_k, k), dim=1)
-        labels = labels.gather(1, query)
+    boxes = boxes.float()
+    b = logits.shape[0]
+    scores, query, labels = top_k_queries(logits, focal, top_k)
     boxes = boxes.gather(1, query[..., None].expand(-1, -1, 4))
     sizes = torch.as_tensor(orig_sizes, device=boxes.device).float().reshape(b, 2)
     scale = sizes.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] (w, h, w, h)
     xyxy = box_convert(boxes, "cxcywh", "xyxy") * scale
     return torch.minimum(xyxy.clamp(min=0), scale), scores, labels
+
+
+def top_k_queries(logits: Tensor, focal: bool, top_k: int = 100) -> tuple[Tensor, Tensor, Tensor]:
+    """The selection of `top_k_detections`: scores [B, k], the query index [B, k] of each detection and its
+    contiguous label [B, k] (`engine/explain.py` follows a detection back through the decoder stages)."""
+    logits = logits.float()
+    k, c = logits.shape[1:]
+    if focal:
+        prob = logits.sigmoid().flatten(1)  # [B, K*C]
+        scores, idx = prob.topk(min(top_k, k * c), dim=1)
+        return scores, idx // c, idx % c
+    scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # [B, K]
+    scores, query = scores.topk(min(top_k, k), dim=1)
+    return scores, query, labels.gather(1, query)

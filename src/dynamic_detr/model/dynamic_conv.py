@@ -1,4 +1,4 @@
-"""Dynamic 1x1 convolution: W_Q = FC(Q*), QF = Conv1x1(F, W_Q) (PAPER.md; Sparse R-CNN's "instance
+"""Dynamic 1x1 convolution: W_Q = FC(Q*), QF = Conv1x1(F, W_Q) (docs/paper.md; Sparse R-CNN's "instance
 interaction")."""
 
 from __future__ import annotations

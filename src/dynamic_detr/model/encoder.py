@@ -1,4 +1,4 @@
-"""Dynamic encoder (PAPER.md; the DyHead block): convolutional attention across the scales of the pyramid.
+"""Dynamic encoder (docs/paper.md; the DyHead block): convolutional attention across the scales of the pyramid.
 
 For each level i, with offsets / masks s_i from a 3x3 conv on P_i:
 
@@ -23,6 +23,7 @@ from torchvision.ops import DeformConv2d
 from ..config import EncoderConfig
 from .deform import modulated_deform_conv
 from .dyrelu import DyReLU
+from .padding import group_norm, masked_mean, resize_mask
 
 KERNEL = 3
 TAPS = KERNEL * KERNEL  # offsets: 2 * TAPS channels as (dy, dx) per tap (torchvision's layout), masks: TAPS
@@ -88,11 +89,12 @@ class DefConvGN(nn.Module):
         self.norm = nn.GroupNorm(gn_groups, channels)
         self.impl = impl
 
-    def forward(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
-        """x: [B, C, H, W]; offset / mask on the output grid -> [B, C, H', W']."""
+    def forward(self, x: Tensor, offset: Tensor, mask: Tensor, valid: Tensor | None = None) -> Tensor:
+        """x: [B, C, H, W]; offset / mask on the output grid -> [B, C, H', W']; `valid` [B, 1, H', W']: the
+        GroupNorm statistics of each image come from its unpadded region (model/padding.py)."""
         y = modulated_deform_conv(x.float(), offset.float(), self.conv.weight, self.conv.bias,
                                   self.conv.stride[0], self.conv.padding[0], mask.float(), self.impl)
-        return self.norm(y)
+        return group_norm(y, self.norm, valid)
 
 
 class ScaleAttention(nn.Module):
@@ -109,9 +111,9 @@ class ScaleAttention(nn.Module):
         nn.init.normal_(self.fc.weight, std=0.01)  # DyHead's init: w ~ 0.5 for every scale
         nn.init.zeros_(self.fc.bias)
 
-    def forward(self, f: Tensor) -> Tensor:
-        """f: [n, B, C, H, W] -> [n, B, 1, 1, 1]."""
-        logit = self.fc(f.mean(dim=(3, 4)))
+    def forward(self, f: Tensor, valid: Tensor | None = None) -> Tensor:
+        """f: [n, B, C, H, W] -> [n, B, 1, 1, 1]; the pooling is over `valid` [B, 1, H, W] when given."""
+        logit = self.fc(masked_mean(f, valid))
         if self.relu:
             logit = F.relu(logit)
         return F.hardsigmoid(logit)[..., None, None]
@@ -145,15 +147,20 @@ class DynamicEncoderBlock(nn.Module):
         # EncoderConfig.residual (not in the paper): out = x + g * block(x), g = 0 at init (ReZero)
         self.gate = nn.Parameter(torch.zeros(())) if cfg.residual else None
 
-    def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        """feats: [P_i: [B, C, H_i, W_i]] finest first -> same shapes."""
+    def forward(self, feats: list[Tensor], valid: list[Tensor] | None = None) -> list[Tensor]:
+        """feats: [P_i: [B, C, H_i, W_i]] finest first -> same shapes. `valid`: per level [B, 1, H_i, W_i], 1
+        inside each image (model/padding.py): padded positions are zeroed and every pooled statistic is taken
+        inside the image; None = no padding."""
+        if valid is not None:
+            feats = [f * v.to(f.dtype) for f, v in zip(feats, valid, strict=True)]
         outs = []
         for i, x in enumerate(feats):
+            v_i = None if valid is None else valid[i]
             ops = self.levels[0 if len(self.levels) == 1 else i]
             size = _hw(x)
             s = ops.offset(x)
             offset, mask = s[:, : 2 * TAPS], s[:, 2 * TAPS:].sigmoid()
-            branches = [ops.mid(x, offset, mask)]
+            branches = [ops.mid(x, offset, mask, v_i)]
             if i > 0:  # finer neighbour, stride 2 onto level i's grid
                 fine = feats[i - 1]
                 out_size = stride2_size(_hw(fine))
@@ -161,7 +168,8 @@ class DynamicEncoderBlock(nn.Module):
                 ratio = (_hw(fine)[0] / size[0], _hw(fine)[1] / size[1])
                 if not self.scale_fine_offsets:
                     ratio = (1.0, 1.0)
-                y = ops.fine(fine, *offsets_for(offset, mask, out_size, ratio))
+                y = ops.fine(fine, *offsets_for(offset, mask, out_size, ratio),
+                             None if v_i is None else resize_mask(v_i, out_size))
                 if out_size != size:  # a pyramid whose levels are not exact stride-2 halves
                     y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
                 branches.append(y)
@@ -169,10 +177,13 @@ class DynamicEncoderBlock(nn.Module):
                 coarse = feats[i + 1]
                 csize = _hw(coarse)
                 ratio = (csize[0] / size[0], csize[1] / size[1])
-                y = ops.coarse(coarse, *offsets_for(offset, mask, csize, ratio))
+                v_c = None if valid is None else valid[i + 1]
+                y = ops.coarse(coarse, *offsets_for(offset, mask, csize, ratio), v_c)
                 branches.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
             stacked = torch.stack(branches)  # [n, B, C, H, W], n = 2 at the pyramid's ends, 3 inside
-            out = ops.dyrelu((stacked * ops.scale_attn(stacked)).mean(dim=0))
+            out = ops.dyrelu((stacked * ops.scale_attn(stacked, v_i)).mean(dim=0), v_i)
+            if v_i is not None:
+                out = out * v_i.to(out.dtype)
             outs.append(out if self.gate is None else x + self.gate * out)
         return outs
 
@@ -185,8 +196,9 @@ class DynamicEncoder(nn.Module):
         n = cfg.num_blocks if cfg.enabled else 0
         self.blocks = nn.ModuleList(DynamicEncoderBlock(channels, num_levels, cfg) for _ in range(n))
 
-    def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        """feats: [P3..P7] each [B, C, H_l, W_l] -> same shapes."""
+    def forward(self, feats: list[Tensor], valid: list[Tensor] | None = None) -> list[Tensor]:
+        """feats: [P3..P7] each [B, C, H_l, W_l] -> same shapes; `valid`: per-level masks of the unpadded
+        regions (`DynamicEncoderBlock.forward`), None = no padding."""
         for block in self.blocks:
-            feats = block(feats)
+            feats = block(feats, valid)
         return feats

@@ -1,4 +1,4 @@
-"""RoI pooling of the pyramid at each query's box: F = RoIAlign(pyramid, B) (PAPER.md, Dynamic decoder).
+"""RoI pooling of the pyramid at each query's box: F = RoIAlign(pyramid, B) (docs/paper.md, Dynamic decoder).
 
 Two kernels give the same RoIAlign (aligned=True, fixed sampling ratio): torchvision's `roi_align`, and
 `roi_align_bags`, one `embedding_bag` over all levels whose bags are the bins' bilinear taps. torchvision's

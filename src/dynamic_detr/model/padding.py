@@ -1,0 +1,69 @@
+"""Padding-aware pooling: statistics over each image's unpadded region only.
+
+A batch pads its images to a common size (bottom / right). GroupNorm, the encoder's scale attention and
+DyReLU pool over whole feature maps, so without care an image's detections would depend on how much padding
+its batch brought (eval at batch 4 and at batch 8 would disagree on one checkpoint). With the per-level
+masks below, every pooled statistic is taken over the image's own region, and padded positions are zeroed
+between blocks, as a conv's zero padding sees an image alone. What remains is the conv stack's border
+effect in the backbone (padded activations near the image's bottom / right edge), which is small.
+
+With `valid` None (a batch without padding, and the exported ONNX graph) every function is the plain op.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def level_masks(valid_hw: Tensor, sizes: list[tuple[int, int]], strides: tuple[int, ...]) -> list[Tensor]:
+    """Per level [B, 1, H_l, W_l] float, 1 inside the image: rows < ceil(h / s), columns < ceil(w / s)
+    (the grid a stride-s conv stack gives an h x w image alone)."""
+    out = []
+    for (h, w), s in zip(sizes, strides, strict=True):
+        rows = (valid_hw[:, 0] / s).ceil()[:, None] > torch.arange(h, device=valid_hw.device)[None]  # [B, H]
+        cols = (valid_hw[:, 1] / s).ceil()[:, None] > torch.arange(w, device=valid_hw.device)[None]  # [B, W]
+        out.append((rows[:, :, None] & cols[:, None, :])[:, None].float())
+    return out
+
+
+def resize_mask(valid: Tensor, size: tuple[int, int]) -> Tensor:
+    """A level mask on another grid of the same level (nearest)."""
+    if tuple(valid.shape[-2:]) == tuple(size):
+        return valid
+    return F.interpolate(valid, size=size, mode="nearest")
+
+
+def masked_mean(x: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean over the last two (spatial) dims of x [..., B, C, H, W] inside `valid` [B, 1, H, W] -> [..., B, C]."""
+    if valid is None:
+        return x.mean(dim=(-2, -1))
+    v = valid.to(x.dtype)
+    return (x * v).sum(dim=(-2, -1)) / v.sum(dim=(-2, -1)).clamp(min=1.0)
+
+
+def group_norm(x: Tensor, norm: nn.GroupNorm, valid: Tensor | None) -> Tensor:
+    """`norm(x)` with each (image, group)'s mean and variance taken inside `valid` [B, 1, H, W]; the padded
+    positions of the output are zero. In float32, as autocast runs GroupNorm."""
+    if valid is None:
+        return norm(x)
+    x = x.float()
+    b, c, h, w = x.shape
+    g = norm.num_groups
+    xg = x.reshape(b, g, c // g, h, w)
+    v = valid.to(x.dtype).reshape(b, 1, 1, h, w)
+    n = (v.sum(dim=(2, 3, 4), keepdim=True) * (c // g)).clamp(min=1.0)
+    mean = (xg * v).sum(dim=(2, 3, 4), keepdim=True) / n
+    var = ((xg - mean).square() * v).sum(dim=(2, 3, 4), keepdim=True) / n
+    y = ((xg - mean) * torch.rsqrt(var + norm.eps)).reshape(b, c, h, w)
+    if norm.affine:
+        y = y * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
+    return y * valid.to(y.dtype)
+
+
+def apply_sequential(seq: nn.Sequential, x: Tensor, valid: Tensor | None) -> Tensor:
+    """Run `seq` with its GroupNorms padding-aware (`group_norm`)."""
+    for m in seq:
+        x = group_norm(x, m, valid) if isinstance(m, nn.GroupNorm) else m(x)
+    return x
