@@ -12,7 +12,7 @@ lists the folder at start-up, this benchmark decodes nothing), then measures, ea
   /proc/PID/smaps_rollup), summed, right after each worker served its first batch ("start") and after the last
   batch ("end").
 
-Targets (issue 15): records <= 1 GB at COCO size, PSS sum at the end within 1.2x of the start, start-up within
+Targets: records <= 1 GB at COCO size, PSS sum at the end within 1.2x of the start, start-up within
 1.5x of pycocotools' COCO().
 
     .venv/bin/python benchmarks/dataset_memory.py             # COCO size: ~0.5 GB file, a few GB of RAM at peak

@@ -72,10 +72,10 @@ def _run(model, cfg, picture):
         seen.append(rec)
         for ops in block.levels:
             handles += [
-                ops.mid.register_forward_hook(lambda m, a, o, r=rec: (r["mid_in"].append(a), r["mid"].append(o))),
+                ops.mid.register_forward_hook(lambda m, a, o, r=rec: r["mid_in"].append(a) or r["mid"].append(o)),
                 ops.fine.register_forward_hook(lambda m, a, o, r=rec: r["fine"].append(o)),
                 ops.coarse.register_forward_hook(lambda m, a, o, r=rec: r["coarse"].append(o)),
-                ops.dyrelu.register_forward_hook(lambda m, a, o, r=rec: r["dyrelu"].append((m, a[0], o))),
+                ops.dyrelu.register_forward_hook(lambda m, a, o, r=rec: r["dyrelu"].append((m, a, o))),
             ]
     batch = Predictor(model, cfg, torch.device("cpu")).batch([picture])
     with torch.no_grad():
@@ -119,12 +119,13 @@ def test_scale_weights_are_scale_attention_on_each_neighbour(model_dir, picture)
         attn = block.levels[0].scale_attn
         for lv in range(levels):
             size = rec["mid"][lv].shape[-2:]
+            valid = rec["mid_in"][lv][3] if len(rec["mid_in"][lv]) > 3 else None  # the level's unpadded region
 
-            def weight(branch: torch.Tensor, size=size, attn=attn) -> float:
+            def weight(branch: torch.Tensor, size=size, attn=attn, valid=valid) -> float:
                 if branch.shape[-2:] != size:  # the block resizes a neighbour to level lv's grid
                     branch = F.interpolate(branch, size=size, mode="bilinear", align_corners=False)
                 with torch.no_grad():
-                    return float(attn(branch[None]).flatten()[0])
+                    return float(attn(branch[None], valid).flatten()[0])
 
             finer, same, coarser = ex.scale_weights[b, lv].tolist()
             assert same == pytest.approx(weight(rec["mid"][lv]), abs=1e-5)
@@ -149,7 +150,7 @@ def test_sampling_points_are_the_base_grid_plus_the_applied_offsets(model_dir, p
     inside = 0
     for b, rec in enumerate(seen):
         for lv, s in enumerate(strides):
-            _, offset, mask = rec["mid_in"][lv]  # what the deformable conv on level lv was given
+            _, offset, mask = rec["mid_in"][lv][:3]  # what the deformable conv on level lv was given
             hl, wl = offset.shape[-2:]
             # where torchvision's kernel samples each tap: a (y, x) ramp read by one-hot weights
             ys, xs = torch.meshgrid(torch.arange(hl, dtype=torch.float32), torch.arange(wl, dtype=torch.float32),
@@ -183,9 +184,10 @@ def test_dyrelu_coefficients_are_the_ones_applied(model_dir, picture) -> None:
     ex = explain_image(model, cfg, picture)
     _, _, seen = _run(model, cfg, picture)
     for b, rec in enumerate(seen):
-        for lv, (module, x, y) in enumerate(rec["dyrelu"]):
+        for lv, (module, args, y) in enumerate(rec["dyrelu"]):
+            x = args[0]
             with torch.no_grad():
-                a1, a2, b1, b2 = module.coefficients(x)
+                a1, a2, b1, b2 = module.coefficients(*args)  # (x, the unpadded region when the batch is padded)
             assert torch.allclose((x * a1 + b1).maximum(x * a2 + b2), y, atol=1e-6)  # they make DyReLU's output
             means = torch.stack([c[0].flatten().mean() for c in (a1, a2, b1, b2)])
             assert torch.allclose(ex.dyrelu[b, lv], means, atol=1e-6)

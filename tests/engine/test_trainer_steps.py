@@ -1,4 +1,4 @@
-"""Trainer steps (issue 11): the fp16 loss scaler on an overflow, gradient accumulation across epoch ends, the
+"""Trainer steps: the fp16 loss scaler on an overflow, gradient accumulation across epoch ends, the
 training-time budget across a resume."""
 
 from __future__ import annotations

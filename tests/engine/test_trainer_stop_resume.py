@@ -1,4 +1,4 @@
-"""Trainer stop and resume (issue 11): a stop request during evaluation keeps the epoch, the signal handler does
+"""Trainer stop and resume: a stop request during evaluation keeps the epoch, the signal handler does
 no I/O, `--resume` applies the overrides that are safe to change and refuses the others."""
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ def dataset_stats(records: Records) -> DatasetStats:
     per_class = [0] * len(index)
     sqrt_areas: list[float] = []
     per_image: list[int] = []
-    for img in records.images:
-        anns = records.annotations[img["id"]]
+    for i in range(len(records)):
+        anns = records.annotations(i)
         per_image.append(len(anns))
         for a in anns:
             per_class[index[a["category_id"]]] += 1
@@ -76,7 +76,8 @@ def show_samples(root: Path, split: str, out: Path, n: int, seed: int, augment: 
     view = SeededDataset(dataset, build_transforms(data_cfg, train=True) if augment else None)
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=seed)
     sampler.set_epoch(0)
-    stems = {int(img["id"]): Path(img["file_name"]).stem for img in dataset.records.images}
+    records = dataset.records
+    stems = {records.image_id(i): Path(records.file_name(i)).stem for i in range(len(records))}
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for k, key in enumerate(itertools.islice(iter(sampler), n)):

@@ -92,7 +92,7 @@ class ExplainHooks:
         self.scale[b].append(out[:, 0].detach().float().flatten().cpu())  # [n, B, 1, 1, 1] -> [n]
 
     def _on_dyrelu(self, b: int, module: nn.Module, args: tuple, out: Tensor) -> None:
-        coeffs = module.coefficients(args[0])  # 4 x [B, C, 1, 1]: the model's own parametrisation, re-read
+        coeffs = module.coefficients(*args)  # 4 x [B, C, 1, 1]: the model's own parametrisation, re-read
         self.dyrelu[b].append(torch.stack([c[0].flatten() for c in coeffs]).detach().float().cpu())
 
     def _on_first_stage(self, module: nn.Module, args: tuple) -> None:
