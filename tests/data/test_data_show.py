@@ -89,7 +89,7 @@ def test_show_augment_draws_the_trainers_samples(synth_root: Path, tmp_path: Pat
         assert torch.equal(call["image"], want)
         assert tuple(want.shape[-2:]) != (320, 320)  # cropped and resized: not the file as read
         (png,) = out.glob(f"{k:03d}_*.png")
-        drawn = torch.from_numpy(np.asarray(Image.open(png).convert("RGB"))).permute(2, 0, 1)
+        drawn = torch.from_numpy(np.array(Image.open(png).convert("RGB"))).permute(2, 0, 1)
         assert torch.equal(drawn, draw_ground_truth(want, boxes, target["labels"], call["names"]))
 
 
