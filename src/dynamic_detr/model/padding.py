@@ -49,17 +49,19 @@ def group_norm(x: Tensor, norm: nn.GroupNorm, valid: Tensor | None) -> Tensor:
     if valid is None:
         return norm(x)
     x = x.float()
-    b, c, h, w = x.shape
+    b, c = x.shape[:2]
     g = norm.num_groups
-    xg = x.reshape(b, g, c // g, h, w)
-    v = valid.to(x.dtype).reshape(b, 1, 1, h, w)
-    n = (v.sum(dim=(2, 3, 4), keepdim=True) * (c // g)).clamp(min=1.0)
-    mean = (xg * v).sum(dim=(2, 3, 4), keepdim=True) / n
-    var = ((xg - mean).square() * v).sum(dim=(2, 3, 4), keepdim=True) / n
-    y = ((xg - mean) * torch.rsqrt(var + norm.eps)).reshape(b, c, h, w)
+    v = valid.to(x.dtype)
+    n = (v.sum(dim=(1, 2, 3)) * (c // g)).clamp(min=1.0)[:, None]  # [B, 1] positions x channels per group
+    xv = x * v
+    mean = xv.sum(dim=(2, 3)).view(b, g, c // g).sum(-1) / n  # [B, G]
+    var = ((xv * x).sum(dim=(2, 3)).view(b, g, c // g).sum(-1) / n - mean.square()).clamp(min=0.0)
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(c // g, dim=1)  # [B, C]
+    shift = -mean.repeat_interleave(c // g, dim=1) * scale
     if norm.affine:
-        y = y * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
-    return y * valid.to(y.dtype)
+        scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
+    # one fused pass for normalise + affine, then the padding zeroed
+    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None]) * v
 
 
 def apply_sequential(seq: nn.Sequential, x: Tensor, valid: Tensor | None) -> Tensor:
