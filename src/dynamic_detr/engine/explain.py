@@ -3,10 +3,10 @@
 Everything is read by forward hooks on the model's own modules during one eval forward (`ExplainHooks`); no part
 of the model is re-implemented here and nothing runs when not explaining.
 
-* Decoder, coarse to fine (PAPER.md, dynamic decoder): the box of each top detection's query at the input of
+* Decoder, coarse to fine (docs/paper.md, dynamic decoder): the box of each top detection's query at the input of
   stage 1 (its initial box: the learned one, or the dense head's pick with query selection) and at the output
   of every stage (`forward()["stages"]`).
-* Encoder scale attention (PAPER.md, dynamic encoder): per block and level, `ScaleAttention`'s weight for the
+* Encoder scale attention (docs/paper.md, dynamic encoder): per block and level, `ScaleAttention`'s weight for the
   finer / same / coarser neighbour. `DynamicEncoderBlock` stacks the branches as [mid, fine, coarse]; the finest
   level has no finer neighbour and the coarsest no coarser one (NaN in the table).
 * Deformable sampling (DCNv2): where the 9 taps of each level's own deformable conv (`LevelOps.mid`, fed the
