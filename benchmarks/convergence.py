@@ -9,7 +9,8 @@ image sizes, batch size, epochs and seed, from random weights, and evaluated by 
 after every epoch. One run gives both budgets: a contender trains until it has done `--epochs` epochs AND
 `--minutes` minutes of training (evaluation not counted), and is also evaluated at the exact moment its
 training time reaches `--minutes`. The lr is constant after the warm-up for everyone, so that every point
-of a curve is a point of the same run.
+of a curve is a point of the same run; `--lr-drop E` instead multiplies every lr by 0.1 after epoch E (the
+paper's 1x schedule drops after 11 of 12), for runs long enough to read a plateau (use it with `--minutes 0`).
 
 Default setup (documented in docs/benchmarks.md): the synthetic dataset, 480 train / 120 val images with a
 192 px long side, the `cpu_small` model with the augmentation recipe scaled to 192 px, batch 8, seed 0;
@@ -72,8 +73,10 @@ def train_one(name: str, cfg, data: Path, args, device: torch.device) -> dict[st
     train_loader = common.loader(train_set, cfg, True, args.batch_size, args.seed)
     val_loader = common.loader(val_set, cfg, False, args.batch_size, args.seed)
     t = cfg.train
+    drop_at = [args.lr_drop / args.epochs] if args.lr_drop else []
     schedule = WarmupStepSchedule([g["lr"] for g in c.optimizer.param_groups], t.warmup_iters, t.warmup_factor,
-                                  [], 1.0)
+                                  drop_at, 0.1)
+    total_steps = max(args.epochs * len(train_loader), 1)
     budget_s = args.minutes * 60
     history: list[dict[str, Any]] = []
     at_minutes: dict[str, Any] | None = None
@@ -94,7 +97,7 @@ def train_one(name: str, cfg, data: Path, args, device: torch.device) -> dict[st
                 loss.backward()
                 params = [p for g in c.optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, c.clip if c.clip > 0 else float("inf"))
-                schedule.apply(c.optimizer, step, 0.0)
+                schedule.apply(c.optimizer, step, step / total_steps)
                 c.optimizer.step()
                 losses.append(float(loss.detach()))
             else:
@@ -115,10 +118,12 @@ def train_one(name: str, cfg, data: Path, args, device: torch.device) -> dict[st
         else:
             epoch += 1
             point = {"epoch": epoch, "minutes": seconds / 60, "loss": sum(losses) / max(len(losses), 1),
+                     "lr": c.optimizer.param_groups[0]["lr"],
                      **evaluate(c, val_loader, val_set, device)}
             losses = []
             history.append(point)
-            print(f"   epoch {epoch}: {point['minutes']:.1f} min, loss {point['loss']:.3f}, AP {point['AP']:.1f}, "
+            print(f"   epoch {epoch}: {point['minutes']:.1f} min, lr {point['lr']:.2g}, loss {point['loss']:.3f}, "
+                  f"AP {point['AP']:.1f}, "
                   f"AP50 {point['AP50']:.1f}, APs {point['APs']:.1f}", flush=True)
             continue
         break
@@ -166,8 +171,9 @@ def ratios(results: dict[str, Any], budget: str) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     s, res = report["setup"], report["results"]
+    drop = f", lr x0.1 after epoch {s['lr_drop']}" if s.get("lr_drop") else ""
     out = [f"Setup: {s['data']}, batch {s['batch_size']}, preset `{s['preset']}` "
-           f"{' '.join(s['overrides'])}, seed {s['seed']}; {report['machine']['cpu']}, "
+           f"{' '.join(s['overrides'])}, seed {s['seed']}{drop}; {report['machine']['cpu']}, "
            f"{report['machine']['threads']} threads, torch {report['machine']['torch']}, {report['machine']['date']}.",
            "", f"### Equal epochs ({s['epochs']})", "", table(res, "at_epochs", s), "", ratios(res, "at_epochs")]
     if s["minutes"] > 0:
@@ -220,6 +226,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=8, help="equal-epochs budget")
     p.add_argument("--minutes", type=float, default=6.0, help="equal-minutes budget (0: epochs only)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr-drop", type=int, default=0, metavar="E",
+                   help="lr x0.1 after epoch E (0: constant lr after the warm-up)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", choices=peers.ALL, help="contenders to run (default: all)")
     p.add_argument("--device", default="auto")
@@ -255,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     setup = {"data": data_desc, "preset": args.preset, "overrides": overrides, "epochs": args.epochs,
              "minutes": args.minutes, "batch_size": args.batch_size, "seed": args.seed, "config": digest}
+    if args.lr_drop:
+        if not 0 < args.lr_drop < args.epochs:
+            raise SystemExit(f"--lr-drop {args.lr_drop}: must be between 1 and --epochs - 1 ({args.epochs - 1})")
+        setup["lr_drop"] = args.lr_drop
     out_json = args.out / "convergence.json"
     report = {"setup": setup, "machine": common.machine(device), "results": {}}
     if out_json.exists() and not args.fresh:
