@@ -12,8 +12,27 @@ from . import distributed as dist_utils
 from .evaluate import CocoEvaluator, to_coco_detections
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 or newer). On an AVX2-only CPU it emulates bf16:
+    measured on a 2-core AVX2 EPYC, a 3x3 conv at [8, 128, 64, 64] took 0.19 s in fp32 and 31 s under bf16
+    autocast, a cpu_small training step 4.7 s against 26 s."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 either
+        return False
+
+
+def effective_amp(device: torch.device, amp: str) -> str:
+    """The autocast mode actually used: "bf16" on a CPU without native bf16 runs in float32 ("none")."""
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        return "none"
+    return amp
+
+
 def autocast(device: torch.device, amp: str):
-    """`torch.autocast` for "bf16" (CPU or CUDA) and "fp16" (CUDA); a no-op for "none"."""
+    """`torch.autocast` for "bf16" (CPU or CUDA) and "fp16" (CUDA); a no-op for "none", and for "bf16" on a
+    CPU that would only emulate it (`effective_amp`)."""
+    amp = effective_amp(device, amp)
     if amp == "none":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16

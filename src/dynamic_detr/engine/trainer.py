@@ -33,7 +33,7 @@ from ..errors import CheckpointError, ConfigError, UserError
 from ..fileio import remove_stale_temp_files
 from . import distributed as dist_utils
 from .checkpoint import check_compatible, check_training_state, load_checkpoint, save_checkpoint, save_weights
-from .inference import autocast, evaluate_model
+from .inference import autocast, effective_amp, evaluate_model
 from .loading import read_trained, transfer_weights
 from .report import AP_KEYS, RunReport, atomic_write_json
 from .rundir import clear_run
@@ -149,6 +149,9 @@ class Trainer:
         self.minutes = minutes if minutes is not None else (resume_state or {}).get("minutes")
         if cfg.train.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.amp=fp16 needs CUDA; use train.amp=bf16 on CPU")
+        if effective_amp(self.device, cfg.train.amp) != cfg.train.amp and self.dist.is_main:
+            print("train.amp=bf16: this CPU has no native bf16 (oneDNN would emulate it, several times slower "
+                  "than float32): training in float32", flush=True)
         self.cfg = cfg
         # read before the dataset: a bad --weights file fails at once, with one line naming it
         self._init_weights = read_trained(weights) if weights is not None else None
