@@ -12,7 +12,8 @@ from engine_helpers import inject_nonfinite, make_easy_dataset, nonfinite_tensor
 
 from dynamic_detr.config import apply_overrides
 from dynamic_detr.engine.checkpoint import load_checkpoint, load_weights
-from dynamic_detr.engine.trainer import Trainer
+from dynamic_detr.engine.inference import autocast, cpu_has_fast_bf16
+from dynamic_detr.engine.trainer import Trainer, float32_outputs
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +78,39 @@ def test_recipe_overfits(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2 * OVERFIT_TIMEOUT)  # run alone, it trains the fp32 fixture too
-def test_bf16_autocast_overfits_like_fp32(fp32_overfit, tmp_path):
-    """bf16 autocast on CPU fits the same images as well as fp32 does: AP within 10 points (measured here:
-    fp32 84.7, bf16 90.0)."""
-    fp32 = fp32_overfit
+@pytest.mark.timeout(OVERFIT_TIMEOUT)
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="no native bf16 on this CPU: train.amp=bf16 runs in float32")
+def test_bf16_autocast_overfits(tmp_path):
+    """bf16 autocast on CPU fits the training images. The 192-step overfit depends on the seed far more than on
+    the precision (train.seed 42 / 1 / 2: fp32 AP 93.8 / 57.6 / 98.1, bf16 75.2 / 91.3 / 45.7, AP50 80.2 / 100 /
+    71.7), so the bound is loose; a bf16 path that broke training lands near 0. The precision itself is checked
+    step by step in `test_bf16_step_matches_fp32`."""
     bf16 = _overfit(tmp_path, "bf16")
-    assert bf16["AP50"] > 90, bf16
-    assert abs(bf16["AP"] - fp32["AP"]) <= 10, (bf16, fp32)
+    assert bf16["AP50"] > 60, bf16
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="no native bf16 on this CPU: train.amp=bf16 runs in float32")
+def test_bf16_step_matches_fp32(easy, tmp_path):
+    """One batch, same weights: the loss and gradient of a bf16 autocast step are those of a float32 step
+    (measured at random init: loss 25.157 vs 25.173, gradient cosine 0.944; after 3 epochs 0.9994)."""
+    trainer = Trainer(tiny_config(batch_size=4, amp="bf16"), easy, tmp_path / "run", epochs=1, progress=False)
+    batch = next(iter(trainer.train_loader))
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def step(amp: str) -> tuple[float, torch.Tensor]:
+        trainer.model.zero_grad()
+        torch.manual_seed(0)
+        with autocast(trainer.device, amp):
+            outputs = trainer.model(batch.images, batch.masks, batch.targets)
+        loss = trainer.criterion(float32_outputs(outputs), batch.targets)["loss"]
+        loss.backward()
+        return float(loss.detach()), torch.cat([p.grad.flatten() for p in params if p.grad is not None])
+
+    loss32, grad32 = step("none")
+    loss16, grad16 = step("bf16")
+    assert abs(loss16 - loss32) < 0.01 * loss32, (loss16, loss32)
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.85
+    assert 0.9 < grad16.norm() / grad32.norm() < 1.1
 
 
 def test_run_folder_contents(easy, tmp_path):
