@@ -50,7 +50,7 @@ RUNG_FALLBACK = {"one_to_many": ["model.decoder.num_hybrid_queries=25", "loss.hy
 """A ladder step that the preset leaves off (cpu_small: one-to-many and denoising cost AP at the demo's
 budget, docs/recipe.md) is measured with these settings on top of the previous rung, so that its row shows
 what it does; the last rung is the preset itself."""
-ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax")
+ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32")
 OURS = LADDER + ABLATIONS
 PEERS = ("hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet")
 ALL = OURS + PEERS
@@ -66,6 +66,7 @@ LABELS = {
     "faithful_no_encoder": "the paper's model, dynamic encoder off",
     "two_stages": "the paper's model, 2 decoder stages",
     "softmax": "the paper's model, softmax class loss",
+    "fp32": "ours (preset), float32 (no bf16 autocast)",
     "hf_detr": "DETR (HF transformers)",
     "hf_deformable_detr": "Deformable DETR (HF transformers)",
     "tv_fcos": "FCOS (torchvision)",
@@ -120,13 +121,15 @@ def ablation_config(name: str, cfg: Config) -> Config:
         if name in RUNG_FALLBACK and rung == recipe_rung(cfg, LADDER.index(name) - 1):  # the preset has it off
             rung = apply_overrides(rung, RUNG_FALLBACK[name])
         return rung
-    cfg = copy.deepcopy(cfg) if name == "no_encoder" else recipe_rung(cfg, 0)
+    cfg = copy.deepcopy(cfg) if name in ("no_encoder", "fp32") else recipe_rung(cfg, 0)
     if name in ("no_encoder", "faithful_no_encoder"):
         cfg.model.encoder.enabled = False
     elif name == "two_stages":
         cfg.model.decoder.num_stages = 2
     elif name == "softmax":
         cfg.model.class_loss = "softmax"
+    elif name == "fp32":  # the preset's bf16 autocast against float32 (what an AVX2-only CPU runs instead)
+        cfg.train.amp = "none"
     return cfg
 
 

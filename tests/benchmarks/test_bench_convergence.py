@@ -91,3 +91,14 @@ def test_hf_peers_train_batchnorm(peers):
         c = peers.build(name, get_preset("cpu_tiny"), num_classes=3, batch_size=2)
         kinds = {type(m).__name__ for m in c.model.modules()}
         assert "BatchNorm2d" in kinds and not any(k.endswith("FrozenBatchNorm2d") for k in kinds), name
+
+
+def test_fp32_contender_is_the_preset_in_float32(peers):
+    """The `fp32` contender (speed.py's bf16-against-float32 row) differs from the preset in train.amp only."""
+    from dynamic_detr.config import get_preset
+
+    preset = get_preset("cpu_small")
+    fp32 = peers.ablation_config("fp32", preset)
+    assert preset.train.amp == "bf16" and fp32.train.amp == "none"
+    fp32.train.amp = "bf16"
+    assert fp32 == preset
