@@ -11,7 +11,7 @@ training augmentations and the trainer's own sampler and loader construction:
   on each of the epoch's first `--steps` batches after `--warmup` untimed ones, the two orders measured
   alternately batch by batch so that drift of the machine's speed hits both; medians.
 
-    .venv/bin/python benchmarks/grouped_batches.py                # 400 images, 256 px, batch 4, ~4 min
+    .venv/bin/python benchmarks/grouped_batches.py                # 400 images, 256 px, batch 4, ~2 min
     .venv/bin/python benchmarks/grouped_batches.py --quick        # smoke run (the test suite calls it)
 
 Writes `<out>/grouped_batches.json` and `grouped_batches.md`. Never run it while another job uses the cores
