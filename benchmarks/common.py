@@ -19,6 +19,7 @@ from dynamic_detr.data.coco import CocoDetection
 from dynamic_detr.data.collate import build_loader
 from dynamic_detr.data.synthetic import generate
 from dynamic_detr.data.transforms import build_transforms
+from dynamic_detr.engine.report import atomic_write_json
 from dynamic_detr.engine.sampler import SeededDataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,3 +126,12 @@ def fmt(v: Any, digits: int = 1) -> str:
     if v is None or (isinstance(v, float) and v != v):
         return "n/a"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def write_results(out: Path, name: str, report: dict[str, Any], md: str) -> None:
+    """`out/<name>.json` (atomically) and `out/<name>.md`; prints the table and where both went."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{name}.json", report)
+    (out / f"{name}.md").write_text(md)
+    print(md)
+    print(f"wrote {out / f'{name}.json'}, {out / f'{name}.md'}")

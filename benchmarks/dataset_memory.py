@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from dynamic_detr.data.coco import CocoDetection
 from dynamic_detr.data.collate import worker_init
-from dynamic_detr.engine.report import atomic_write_json
 
 SPLIT = "train2017"
 COCO_IMAGES = 118_287
@@ -310,13 +309,9 @@ def main(argv: list[str] | None = None) -> int:
               "setup": {"images": args.images, "boxes_per_image": args.boxes_per_image, "workers": args.workers,
                         "batch": args.batch, "seed": args.seed, "quick": args.quick},
               "generated": generated, "targets": TARGETS, "pycocotools": ref, "runs": runs, "summary": summary}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "dataset_memory.json", report)
     m = report["machine"]
     md = f"{m['cpu']}, {m['threads']} threads; torch {m['torch']}; {m['date']}.\n\n{table(report)}\n"
-    (args.out / "dataset_memory.md").write_text(md)
-    print(md)
-    print(f"wrote {args.out / 'dataset_memory.json'}, {args.out / 'dataset_memory.md'}")
+    common.write_results(args.out, "dataset_memory", report, md)
     return 0
 
 

@@ -34,7 +34,6 @@ import common
 import peers
 from dynamic_detr.data.collate import build_loader
 from dynamic_detr.data.transforms import build_transforms
-from dynamic_detr.engine.report import atomic_write_json
 from dynamic_detr.engine.sampler import GroupedBatchSampler, ResumableSampler, SeededDataset
 
 
@@ -150,12 +149,8 @@ def main(argv: list[str] | None = None) -> int:
               "summary": {"pixels_ratio": on["pixels_per_image"] / off["pixels_per_image"],
                           "step_ratio": on["median_step_s"] / off["median_step_s"],
                           "padded_saved": off["padded_fraction"] - on["padded_fraction"]}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "grouped_batches.json", report)
     md = markdown(report)
-    (args.out / "grouped_batches.md").write_text(md)
-    print(md)
-    print(f"wrote {args.out / 'grouped_batches.json'}, {args.out / 'grouped_batches.md'}")
+    common.write_results(args.out, "grouped_batches", report, md)
     return 0
 
 

@@ -32,7 +32,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import peers
-from dynamic_detr.engine.report import atomic_write_json
 from dynamic_detr.model.info import flop_counter
 
 
@@ -198,16 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": common.machine(device), "matmul_gflops": peak,
               "setup": {"batch": args.batch, "warmup": args.warmup, "reps": args.reps, "presets": args.presets,
                         "image_size": args.image_size}, "results": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "speed.json", report)
     md = (f"{report['machine']['cpu']}, {report['machine']['threads']} threads, {device}; fp32 matmul "
           f"{peak:.0f} GFLOP/s; torch {report['machine']['torch']}; {report['machine']['date']}.\n\n"
           f"{table(rows, peak)}\n\nRatios, ours over each peer (>1: ours better):\n\n{ratio_table(rows)}\n")
     if cost_table(rows):
         md += f"\nOur contenders over the paper's model (`faithful`; >1: slower / heavier):\n\n{cost_table(rows)}\n"
-    (args.out / "speed.md").write_text(md)
-    print(md)
-    print(f"wrote {args.out / 'speed.json'}, {args.out / 'speed.md'}")
+    common.write_results(args.out, "speed", report, md)
     return 0
 
 
