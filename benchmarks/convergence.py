@@ -30,6 +30,7 @@ job uses the cores: the minutes budget is wall-clock time.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -41,9 +42,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import peers
+from dynamic_detr.engine.checkpoint import save_weights
 from dynamic_detr.engine.evaluate import AP_NAMES, CocoEvaluator, to_coco_detections
 from dynamic_detr.engine.report import atomic_write_json
 from dynamic_detr.engine.schedule import WarmupStepSchedule
+from dynamic_detr.model import DynamicDETR
 
 
 def evaluate(c: peers.Contender, val_loader, val_set, device: torch.device) -> dict[str, Any]:
@@ -128,9 +131,27 @@ def train_one(name: str, cfg, data: Path, args, device: torch.device) -> dict[st
             continue
         break
     at_epochs = next((h for h in history if h["epoch"] == args.epochs), None)
+    saved = save_trained(name, c, cfg, train_set, args)
     return {"label": c.label, "params": c.params(), "settings": c.settings, "steps": step, "skipped": skipped,
+            "weights": saved,
             "sec_per_step": seconds / max(step, 1), "history": history, "at_epochs": at_epochs,
             "at_minutes": at_minutes}
+
+
+def save_trained(name: str, c, cfg, train_set, args) -> str | None:
+    """Our contenders' final weights as `<work>/weights/<name>_seed<k>.safetensors`, with the config the CLI
+    needs (`dynamic-detr explain / eval / predict --checkpoint FILE`); None for the peers."""
+    if not isinstance(c.model, DynamicDETR):
+        return None
+    run_cfg = peers.ablation_config(name, cfg)
+    m = run_cfg.model
+    m.num_classes, m.category_ids, m.class_names = (len(train_set.category_ids), list(train_set.category_ids),
+                                                    list(train_set.class_names))
+    path = args.work / "weights" / f"{name}_seed{args.seed}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(path, c.model.state_dict(), {"config": json.dumps(run_cfg.to_dict())})
+    print(f"   weights: {path}", flush=True)
+    return str(path)
 
 
 def step_in_epoch(step: int, train_loader) -> float:
@@ -257,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data, data_desc = args.data, str(args.data)
     import hashlib
-    import json
 
     # the resolved config's digest: results of an earlier definition of the preset are never reused
     digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
