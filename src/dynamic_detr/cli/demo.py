@@ -17,9 +17,10 @@ DEMO_IMAGE_SIZE = 256
 COCO-small (area < 32^2) at this size."""
 DEMO_OVERRIDES = ["train.eval_every=1000", "model.encoder.enabled=false"]
 """Evaluate once, at the end of the budget: every evaluation of the 200 val images during the run would be
-time taken from training. And the dynamic encoder off: at a few minutes of training from random weights it
-costs more than it gives (5-minute runs on the demo task: 10.6 AP without it, 5.8 with it, which does 30%
-fewer steps; docs/recipe.md). `dynamic-detr demo model.encoder.enabled=true` trains the whole model."""
+time taken from training. And the dynamic encoder off: it costs x1.41 per training step, and in a budget of
+minutes that is more than it gives (5-minute runs on the demo task: 10.6 AP without it, 5.8 with it; at equal
+epochs over 20 epochs it is level or just ahead: docs/benchmarks.md). `dynamic-detr demo
+model.encoder.enabled=true` trains the whole model."""
 
 
 def register(sub) -> None:
