@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` (main job) and `make test` (tests + lint).
+# The README's two commands: `make demo` (the end-to-end demo) and `make test` (tests + lint).
 # Both bootstrap .venv from a fresh clone and are idempotent.
 PYTHON ?= python3
 VENV   := .venv

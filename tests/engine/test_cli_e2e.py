@@ -149,7 +149,7 @@ def test_help_for_every_command(capsys):
 
 @pytest.mark.slow
 def test_demo_end_to_end_on_given_data(data, tmp_path, capsys):
-    """The README's main job, on a tiny dataset and budget: trains, evaluates once at the end, draws."""
+    """The demo (`make demo`), on a tiny dataset and budget: trains, evaluates once at the end, draws."""
     out = tmp_path / "demo"
     assert main(["demo", "--data", str(data), "--out", str(out), "--preset", "cpu_tiny", "--minutes", "0.3",
                  *TINY]) == 0

@@ -171,7 +171,7 @@ class _WholeImageModel(torch.nn.Module):
 
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_undecodable_val_image_is_skipped_not_scored_twice(tmp_path, capsys, batch_size: int) -> None:
-    """Issue 11: the dataset served the next image in place of an undecodable one, with that image's id, so
+    """The dataset once served the next image in place of an undecodable one, with that image's id, so
     evaluation scored the next image twice and counted the broken one's objects as misses."""
     root = make_easy_dataset(tmp_path / "data", {"val": 4})
     bad = root / "val" / "0001.png"  # image id 2

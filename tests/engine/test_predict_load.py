@@ -26,7 +26,7 @@ hypothesis = pytest.importorskip("hypothesis")  # the dev extra: without it this
 st = pytest.importorskip("hypothesis.strategies")
 HealthCheck, given, settings = hypothesis.HealthCheck, hypothesis.given, hypothesis.settings
 
-N_IMAGES = 1000  # the issue's load: 100 corrupt, 4 huge, the rest tiny, gray, RGBA, palette, 16-bit, RGB
+N_IMAGES = 1000  # a messy folder: 100 corrupt, 4 huge, the rest tiny, gray, RGBA, palette, 16-bit, RGB
 HUGE = (4000, 3000)
 # memory is bounded when the peak RSS over the whole mix (4 huge images among N_IMAGES) stays within this margin
 # of the peak over a folder holding one huge image: a huge image costs ~180 MB decoded (36 MB uint8 + 144 MB
@@ -148,7 +148,7 @@ def test_malformed_image_bytes_reported_and_run_continues(loaded_model, tmp_path
 
 
 def test_extreme_aspect_ratio_reported_and_run_continues(model_dir, tmp_path, capsys):
-    """Issue 11: a 1x1000 image resized to 0 px and `predict` crashed. Now it is named, counted, skipped;
+    """A 1x1000 image once resized to 0 px and crashed `predict`. It is named, counted, skipped;
     an image at the 100:1 limit (resized to 1 x 192 px here) is still predicted."""
     folder = tmp_path / "in"
     folder.mkdir()
@@ -167,7 +167,7 @@ def test_extreme_aspect_ratio_reported_and_run_continues(model_dir, tmp_path, ca
 
 
 def test_output_folder_holding_inputs_is_refused(model_dir, loaded_model, tmp_path, capsys):
-    """Issue 11: `--out` = the input folder overwrote a.png with its drawn copy. Refused, inputs untouched;
+    """`--out` = the input folder once overwrote a.png with its drawn copy. Refused, inputs untouched;
     the same folder reached through a symlink too; a sub-folder is fine."""
     folder = tmp_path / "in"
     folder.mkdir()
