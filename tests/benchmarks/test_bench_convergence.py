@@ -11,7 +11,9 @@ import pytest
 import torch
 from bench_helpers import BENCH, needs, run_bench
 
+from dynamic_detr.data.synthetic import CLASSES
 from dynamic_detr.engine.evaluate import AP_NAMES
+from dynamic_detr.engine.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,16 @@ def test_convergence_quick(tmp_path, peers):
                 assert point[key] is None or 0 <= point[key] <= 100, (name, key, point[key])
         ap = r["at_epochs"]["AP"]
         assert f"| {r['label']} | {'n/a' if ap is None else f'{ap:.1f}'} | " in md, name  # the table's figure
+        if name not in peers.OURS:
+            assert r["weights"] is None, name
+            continue
+        # our trained models load as the CLI loads a --checkpoint, with the train set's classes and the
+        # contender's own architecture (the encoder-off one has no encoder blocks)
+        model, cfg = load_model(r["weights"])
+        assert cfg.model.class_names == list(CLASSES) and cfg.model.num_classes == len(CLASSES), name
+        assert cfg.model.encoder.enabled == ("no_encoder" not in name), name
+        with torch.no_grad():
+            assert model(torch.rand(1, 3, 64, 80))["boxes"].shape[-1] == 4, name
     assert "### Equal epochs (1)" in md and "### Equal minutes" in md
     assert all(peers.LABELS[n] in md for n in peers.ALL)
     assert (out / "convergence_ap_epochs.png").stat().st_size > 1000
