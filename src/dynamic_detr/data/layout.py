@@ -51,11 +51,14 @@ class SplitSource:
     ann_file: Path
     image_dir: Path
     layout: str
+    images_from: str = ""
+    """Where the images come from when it is not `image_dir` alone (a YOLO split's yaml entries)."""
 
     def describe(self) -> str:
         """One line: which layout was found for the split and where."""
         alias = f" (split '{self.split}' read as '{self.name}')" if self.name != self.split else ""
-        return f"{self.split}: {self.layout}: {self.ann_file}, images in {self.image_dir}{alias}"
+        images = self.images_from or f"images in {self.image_dir}"
+        return f"{self.split}: {self.layout}: {self.ann_file}, {images}{alias}"
 
     def load(self, reporter: Any, check_files: bool = True) -> tuple[dict[str, Any], Path]:
         """The split as a COCO dataset dict (images, annotations, categories), for `records.load_records`, and the
@@ -134,7 +137,8 @@ def resolve_split(root: Path | str, split: str, *, fmt: str = "auto", ann: str =
             spec = read_spec(yaml_file)
             for name in _names(split):
                 if spec.splits.get(name):
-                    return SplitSource("yolo", root, split, name, yaml_file, spec.base, "YOLO")
+                    return SplitSource("yolo", root, split, name, yaml_file, spec.base, "YOLO",
+                                       f"images from '{name}: {', '.join(spec.splits[name])}' (under {spec.base})")
             if fmt == "yolo":
                 raise DatasetError(f"{yaml_file}: no '{split}' key (has: {', '.join(spec.splits) or 'none'})")
         elif fmt == "yolo":
