@@ -157,6 +157,20 @@ def test_voc_malformed(tmp_path: Path, objects: str, message: str) -> None:
     assert any(message in e for e in check_dataset(root, "train", progress=False).errors)
 
 
+def test_voc_ids_are_plain_file_names(tmp_path: Path) -> None:
+    root = _voc_one(tmp_path, "")
+    (root / "ImageSets/Main/train.txt").write_text("a\n../../outside\n")
+    assert check_dataset(root, "train", progress=False).errors == [
+        f"{root / 'ImageSets/Main/train.txt'}:2: image id '../../outside' is not a plain file name; image refused"]
+
+
+def test_format_is_validated() -> None:
+    from dynamic_detr.config import apply_overrides, get_preset
+
+    with pytest.raises(ConfigError, match=r"data\.format must be auto\|coco\|yolo\|voc"):
+        apply_overrides(get_preset("cpu_tiny"), ["data.format=xml"])
+
+
 def test_voc_box_errors_name_the_xml_and_object(tmp_path: Path) -> None:
     root = _voc_one(tmp_path, "<object><name>cat</name><bndbox><xmin>5</xmin><ymin>1</ymin><xmax>3</xmax>"
                               "<ymax>4</ymax></bndbox></object>")

@@ -114,9 +114,12 @@ class CocoDetection(torch.utils.data.Dataset):
         counts = Counter(i.kind for i in issues)
         parts = [f"{n} {_SKIP_KINDS.get(kind, kind)}" for kind, n in counts.items()]
         first = next((i for i in issues if i.severity == "error"), issues[0]).message
+        paths = ""
+        if self.source.layout.startswith("COCO (paths"):
+            paths = f" --ann {self.source.ann_file} --images {self.source.image_dir}"
         warnings.warn(
             f"{self.records.ann_file}: skipped or repaired {', '.join(parts)}; first: {first}. "
-            f"Run `dynamic-detr data check --data {self.root} --split {self.split}` for the full list.",
+            f"Run `dynamic-detr data check --data {self.root} --split {self.split}{paths}` for the full list.",
             DatasetWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ dataset protocol

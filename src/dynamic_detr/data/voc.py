@@ -110,6 +110,9 @@ def voc_to_coco(root: Path, split: str, v: Any, check_files: bool = True) -> tup
         if not fields:
             continue
         stem = fields[0]
+        if "/" in stem or "\\" in stem or stem in (".", ".."):  # an id names a file in Annotations/, no other
+            v.skip("unsafe_path", f"{list_file}:{lineno}: image id '{stem}' is not a plain file name; image refused")
+            continue
         if stem in seen:
             v.fatal("duplicate_id", f"{list_file}:{lineno}: image '{stem}' listed twice")
             continue
