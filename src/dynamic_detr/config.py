@@ -158,8 +158,23 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_split: str = "train"
-    """`DIR/annotations/instances_<split>.json`, images in `DIR/<split>/` (COCO 2017: "train2017")."""
+    """`DIR/annotations/instances_<split>.json`, images in `DIR/<split>/` (COCO 2017: "train2017"); for the other
+    layouts the split's name there (Roboflow's `valid` is found for "val"). docs/data.md, "Layouts"."""
     val_split: str = "val"
+    format: str = "auto"
+    """"auto" | "coco" | "yolo" | "voc": the dataset's format under `--data`. "auto" looks for the standard COCO
+    layout, then a Roboflow COCO export (`DIR/<split>/_annotations.coco.json`), a YOLO `data.yaml`, a Pascal VOC
+    `ImageSets/Main/<split>.txt`, in that order (`data.layout.resolve_split`)."""
+    train_ann: str = ""
+    """COCO annotation file of the training split at any path (relative: to `--data`); empty: found by
+    `format`. E.g. a Label Studio export's `result.json`, CVAT's `annotations/instances_default.json`."""
+    train_images: str = ""
+    """Image folder of the training split (relative: to `--data`); empty: `DIR/<train_split>/` with the
+    standard layout, the folder of `train_ann` when that is set."""
+    val_ann: str = ""
+    """As `train_ann`, for the validation split."""
+    val_images: str = ""
+    """As `train_images`, for the validation split."""
     train_short_sides: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
     """Multi-scale training: the short side is drawn from these sizes (paper: 480-800)."""
     train_max_size: int = 1333
@@ -314,6 +329,7 @@ class Config:
             (self.train.epochs >= 1, "train.epochs must be >= 1"),
             (len(self.data.train_short_sides) >= 1, "data.train_short_sides must not be empty"),
             (len(self.data.crop_size) == 2, "data.crop_size must be [min, max]"),
+            (self.data.format in ("auto", "coco", "yolo", "voc"), "data.format must be auto|coco|yolo|voc"),
         ]
         for ok, msg in checks:
             if not ok:

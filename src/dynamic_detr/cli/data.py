@@ -1,4 +1,5 @@
-"""`dynamic-detr data synth | check | show`: generate the synthetic dataset, lint a COCO dataset, draw it."""
+"""`dynamic-detr data synth | check | show | convert`: generate the synthetic dataset, lint a dataset (COCO, Roboflow,
+YOLO, Pascal VOC), draw it, convert it to the standard COCO layout."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..data.layout import FORMATS, SplitSource, find_splits, resolve_split
 from ..errors import UserError
 from .common import add_config_args, resolve_config
+
+IMAGE_MODES = ("copy", "symlink", "hardlink")
+"""`data convert --image-files` (data.convert.IMAGE_MODES; not imported here: numpy at start-up)."""
 
 MAX_LISTED = 20
 """Findings printed per kind unless --all."""
@@ -33,12 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.set_defaults(func=_synth)
 
     check = sub.add_parser(
-        "check", help="lint a COCO dataset and print a summary",
-        description="Validate DIR/annotations/instances_<split>.json and decode every image of DIR/<split>/. "
-                    "Exit code 0: clean (warnings allowed); 1: errors found; 2: not a usable dataset at all.")
+        "check", help="lint a dataset (COCO, Roboflow, YOLO, Pascal VOC) and print a summary",
+        description="Validate DIR/annotations/instances_<split>.json (or the split's Roboflow COCO export, YOLO "
+                    "labels, Pascal VOC xml: docs/data.md) and decode every image. Exit code 0: clean (warnings "
+                    "allowed); 1: errors found; 2: not a usable dataset at all.")
     check.add_argument("--data", required=True, type=Path, metavar="DIR", help="dataset root")
     check.add_argument("--split", action="append", metavar="S",
-                       help="split to check (repeatable; default: every annotations/instances_*.json)")
+                       help="split to check (repeatable; default: every split found)")
+    _add_source_args(check)
     check.add_argument("--headers-only", action="store_true",
                        help="read image headers only (fast; does not prove the files decode)")
     check.add_argument("--workers", type=int, default=None, metavar="N",
@@ -66,6 +73,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(show, default_preset="cpu_small")
     show.set_defaults(func=_show)
 
+    convert = sub.add_parser(
+        "convert", help="write a YOLO / Pascal VOC / any-path COCO dataset as the standard COCO layout",
+        description="Read each split as training reads it (same validation; a malformed record stops with its "
+                    "file and line) and write OUT/annotations/instances_<split>.json with the images in "
+                    "OUT/<split>/ (boxes only). Records training would skip are left out and listed; exit code 1 "
+                    "when there were any.")
+    convert.add_argument("--data", required=True, type=Path, metavar="DIR", help="dataset root")
+    convert.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (COCO layout)")
+    convert.add_argument("--from", dest="format", choices=FORMATS, default="auto",
+                         help="source format (default: auto-detected)")
+    convert.add_argument("--to", choices=["coco"], default="coco", help="target format (coco)")
+    convert.add_argument("--split", action="append", metavar="S",
+                         help="split to convert (repeatable; default: every split found)")
+    convert.add_argument("--image-files", choices=IMAGE_MODES, default="copy",
+                         help="copy the images (default), or symlink / hardlink them")
+    convert.add_argument("--all", action="store_true",
+                         help=f"list every finding (default: first {MAX_LISTED} per kind)")
+    convert.set_defaults(func=_convert)
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="auto",
+                        help="dataset format (default: auto-detected; docs/data.md)")
+    parser.add_argument("--ann", metavar="FILE", default="",
+                        help="a COCO annotation file at any path (relative: to --data); one split")
+    parser.add_argument("--images", metavar="DIR", default="",
+                        help="its image folder (relative: to --data; default: the annotation file's folder)")
+
+
+def _sources(args: argparse.Namespace) -> list[SplitSource]:
+    """The splits named by --split (or all found), located with --format / --ann / --images."""
+    if args.ann or getattr(args, "images", ""):
+        if args.split and len(args.split) > 1:
+            raise UserError("--ann / --images describe one split: give --split at most once")
+        name = args.split[0] if args.split else Path(args.ann or "train").stem
+        return [resolve_split(args.data, name, fmt=args.format, ann=args.ann, images=args.images)]
+    splits = args.split or find_splits(args.data, args.format)
+    if not splits:
+        raise UserError(f"{args.data}: no dataset found: no instances_<split>.json in DIR/annotations/ (COCO, "
+                        "images in DIR/<split>/), no Roboflow DIR/<split>/_annotations.coco.json, YOLO data.yaml or "
+                        "Pascal VOC ImageSets/Main/<split>.txt (docs/data.md)")
+    return [resolve_split(args.data, s, fmt=args.format) for s in splits]
+
 
 def _synth(args: argparse.Namespace) -> int:
     from ..data.synthetic import generate
@@ -91,15 +141,6 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _splits(root: Path) -> list[str]:
-    ann_dir = root / "annotations"
-    found = sorted(p.name[len("instances_"):-len(".json")] for p in ann_dir.glob("instances_*.json"))
-    if not found:
-        raise UserError(f"{ann_dir}: no instances_<split>.json files (expected a COCO layout: "
-                        f"DIR/annotations/instances_<split>.json with images in DIR/<split>/)")
-    return found
-
-
 def _list(title: str, items: list[str], show_all: bool) -> None:
     shown = items if show_all else items[:MAX_LISTED]
     for line in shown:
@@ -113,10 +154,11 @@ def _check(args: argparse.Namespace) -> int:
 
     if not args.data.is_dir():
         raise UserError(f"{args.data}: dataset folder not found")
-    splits = args.split or _splits(args.data)
     failed = False
-    for split in splits:
-        report = check_dataset(args.data, split, decode=not args.headers_only, workers=args.workers)
+    for source in _sources(args):
+        print(f"layout: {source.describe()}")
+        report = check_dataset(args.data, source.split, decode=not args.headers_only, workers=args.workers,
+                               source=source)
         print(report.summary())
         _list("error", report.errors, args.all)
         _list("warning", report.warnings, args.all)
@@ -127,6 +169,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from ..data.coco import CocoDetection
+    from ..data.layout import split_source
     from ..data.show import dataset_stats, plot_summary, show_samples
 
     if args.n < 0:
@@ -136,7 +179,7 @@ def _show(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     split = args.split or cfg.data.train_split
     seed = cfg.train.seed if args.seed is None else args.seed
-    dataset = CocoDetection(args.data, split)
+    dataset = CocoDetection(args.data, split, source=split_source(args.data, split, cfg.data))
     if args.out.is_dir() and args.out.resolve() == dataset.records.image_dir.resolve():
         raise UserError(f"{args.out}: is the dataset's image folder; choose another --out")
     written = show_samples(args.data, split, args.out, args.n, seed, args.augment, cfg.data, dataset=dataset)
@@ -148,3 +191,24 @@ def _show(args: argparse.Namespace) -> int:
     print(f"  {len(stats.boxes_per_image)} images, {stats.num_objects} objects; small {small}, medium {medium}, "
           f"large {large}")
     return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ..data.convert import convert_split
+
+    if not args.data.is_dir():
+        raise UserError(f"{args.data}: dataset folder not found")
+    if args.out.resolve() == args.data.resolve():
+        raise UserError(f"{args.out}: is the dataset folder itself; choose another --out")
+    args.ann = args.images = ""
+    failed = False
+    for source in _sources(args):
+        result = convert_split(source, args.out, images=args.image_files)
+        print(f"{source.split}: {source.layout} -> {result.ann_file}: {result.images} images, "
+              f"{result.annotations} objects, {result.classes} classes")
+        errors = [i.message for i in result.issues if i.severity == "error"]
+        _list("skipped", errors, args.all)
+        _list("warning", [i.message for i in result.issues if i.severity == "warning"], args.all)
+        failed |= bool(errors)
+    print("done, with records left out (see above)" if failed else "done")
+    return 1 if failed else 0

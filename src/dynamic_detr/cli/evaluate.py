@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.coco import CocoDetection
     from ..data.collate import build_loader
+    from ..data.layout import split_source
     from ..data.transforms import build_transforms
     from ..engine.evaluate import format_table
     from ..engine.inference import evaluate_model
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_model(args.checkpoint, device, prefer_ema=not args.raw)
     split = args.split or cfg.data.val_split
-    dataset = CocoDetection(args.data, split)
+    dataset = CocoDetection(args.data, split, source=split_source(args.data, split, cfg.data))
     if cfg.model.category_ids and set(cfg.model.category_ids) - set(dataset.category_ids):
         missing = sorted(set(cfg.model.category_ids) - set(dataset.category_ids))[:5]
         print(f"warning: the model predicts category ids the dataset does not have (e.g. {missing})")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .image_io import ImageProbe, ImageReadError, probe_image
+from .layout import SplitSource
 from .records import aspect_problem, load_records
 
 SMALL, MEDIUM = 32**2, 96**2
@@ -82,8 +83,9 @@ def _probe(path: Path, decode: bool) -> ImageProbe | str:
 
 
 def check_dataset(root: Path | str, split: str, *, decode: bool = True, workers: int | None = None,
-                  progress: bool | None = None) -> CheckReport:
-    """Lint `root/annotations/instances_<split>.json` and the images of `root/<split>/`.
+                  progress: bool | None = None, source: SplitSource | None = None) -> CheckReport:
+    """Lint `root/annotations/instances_<split>.json` and the images of `root/<split>/` (or the split as `source`
+    or `layout.resolve_split` finds it: any COCO path, Roboflow, YOLO, VOC; the same checks for every format).
 
     Raises `DatasetError` only when there is nothing to lint (annotation file missing or not COCO JSON,
     no usable category, image folder missing or empty of listed images); everything else is in the report.
@@ -92,7 +94,7 @@ def check_dataset(root: Path | str, split: str, *, decode: bool = True, workers:
     """
     from tqdm import tqdm
 
-    records = load_records(Path(root), split, strict=False, check_files=True)
+    records = load_records(Path(root), split, strict=False, check_files=True, source=source)
     report = CheckReport(ann_file=records.ann_file)
     for issue in records.issues:
         (report.errors if issue.severity == "error" else report.warnings).append(issue.message)

@@ -1,4 +1,5 @@
-"""COCO-format detection dataset: `DIR/annotations/instances_<split>.json`, images under `DIR/<split>/`.
+"""COCO-format detection dataset: `DIR/annotations/instances_<split>.json`, images under `DIR/<split>/`, or any
+layout `layout.resolve_split` finds (a COCO file at any path, a Roboflow export, YOLO, Pascal VOC).
 
 Validation (what stops, what is skipped) is `records.load_records`; see docs/data.md for the policy.
 Pixels are read lazily in `__getitem__`; a file that fails to decode there (or decodes to an aspect ratio over
@@ -28,6 +29,7 @@ from torchvision import tv_tensors
 
 from ..errors import DatasetError
 from .image_io import ImageReadError, read_image
+from .layout import SplitSource, resolve_split
 from .records import Records, aspect_problem, load_records, release_free_memory
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ _SKIP_KINDS = {
     "missing_file": "images whose file is missing",
     "extreme_aspect": "images with an extreme aspect ratio",
     "clipped_box": "boxes clipped to their image",
+    "unreadable": "images that cannot be opened",
+    "no_size": "VOC files without a size (read from the image)",
+    "no_labels": "splits without any label file",
 }
 
 
@@ -59,14 +64,19 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Attributes: `category_ids[label] = dataset category id`, `class_names[label]`, `cat_id_to_label`,
     `image_ids` (in serving order; a list built per call from `records.image_ids`), `records` (the validated,
-    compact `Records`).
+    compact `Records`), `source` (where the split was found: `layout.SplitSource`).
+
+    `source`: the split's location and format (`layout.split_source(root, split, cfg.data)` applies the config's
+    `data.format` and any-path fields); default: detected (`layout.resolve_split`).
     """
 
-    def __init__(self, root: Path | str, split: str, transforms: Callable | None = None) -> None:
+    def __init__(self, root: Path | str, split: str, transforms: Callable | None = None, *,
+                 source: SplitSource | None = None) -> None:
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
-        self.records: Records = load_records(self.root, split, strict=True, check_files=True)
+        self.source: SplitSource = source or resolve_split(self.root, split)
+        self.records: Records = load_records(self.root, split, strict=True, check_files=True, source=self.source)
         release_free_memory()  # the parsed JSON's heap: not carried into the run and its forked workers
         cats = self.records.categories
         self.category_ids: list[int] = [c["id"] for c in cats]
@@ -104,9 +114,12 @@ class CocoDetection(torch.utils.data.Dataset):
         counts = Counter(i.kind for i in issues)
         parts = [f"{n} {_SKIP_KINDS.get(kind, kind)}" for kind, n in counts.items()]
         first = next((i for i in issues if i.severity == "error"), issues[0]).message
+        paths = ""
+        if self.source.layout.startswith("COCO (paths"):
+            paths = f" --ann {self.source.ann_file} --images {self.source.image_dir}"
         warnings.warn(
             f"{self.records.ann_file}: skipped or repaired {', '.join(parts)}; first: {first}. "
-            f"Run `dynamic-detr data check --data {self.root} --split {self.split}` for the full list.",
+            f"Run `dynamic-detr data check --data {self.root} --split {self.split}{paths}` for the full list.",
             DatasetWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ dataset protocol

@@ -30,11 +30,14 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import DatasetError
+
+if TYPE_CHECKING:
+    from .layout import SplitSource
 
 CLIP_TOLERANCE = 1.0
 """Boxes leaving their image by at most this many pixels are clipped silently (COCO has many such
@@ -287,6 +290,16 @@ class _Validator:
         self.ann_file = ann_file
         self.strict = strict
         self.issues: list[Issue] = []
+        self.where_image: dict[int, str] = {}
+        """Where an image id's record came from when it is not the annotation file (a VOC xml): for messages."""
+        self.where_ann: dict[int, str] = {}
+        """The same for annotation ids (a YOLO label file and line, a VOC xml and object)."""
+
+    def image_at(self, iid: Any) -> str:
+        return self.where_image.get(iid, str(self.ann_file)) if _is_int(iid) else str(self.ann_file)
+
+    def ann_at(self, aid: Any) -> str:
+        return self.where_ann.get(aid, str(self.ann_file)) if _is_int(aid) else str(self.ann_file)
 
     def fatal(self, kind: str, message: str) -> None:
         """A structural problem: stop when strict, else record as an error and let the caller repair."""
@@ -298,17 +311,23 @@ class _Validator:
         self.issues.append(Issue(severity, kind, message))
 
 
-def load_records(root: Path, split: str, *, strict: bool = True, check_files: bool = True) -> Records:
-    """Read and validate `root/annotations/instances_<split>.json` (images in `root/<split>/`).
+def load_records(root: Path, split: str, *, strict: bool = True, check_files: bool = True,
+                 source: SplitSource | None = None) -> Records:
+    """Read and validate split `split` of the dataset at `root`: `root/annotations/instances_<split>.json` (images
+    in `root/<split>/`) or any other layout `layout.resolve_split` finds; `source` gives it explicitly (the
+    config's format and any-path fields: `layout.split_source`). YOLO and VOC splits are converted to a COCO
+    dict first; every format then goes through this same validation.
 
     strict: raise `DatasetError` on the first structural problem (training); else record it (`data check`).
     check_files: drop images whose file does not exist (one directory listing, plus a stat per nested name).
     The parsed JSON is dropped on return; call `release_free_memory()` afterwards to return its heap.
     """
-    ann_file = annotation_path(root, split)
-    img_dir = image_dir(root, split)
-    data = read_json(ann_file)
+    from .layout import resolve_split
+
+    source = source or resolve_split(root, split)
+    ann_file = source.ann_file
     v = _Validator(ann_file, strict)
+    data, img_dir = source.load(v, check_files=check_files)
 
     categories = _validate_categories(data["categories"], v)
     cat_label = {c["id"]: k for k, c in enumerate(categories)}
@@ -366,9 +385,10 @@ def _validate_images(raw: list[Any], v: _Validator, img_dir: Path,
     refused: set[int] = set()
     for k, img in enumerate(raw):
         if not isinstance(img, dict) or not _is_int(img.get("id")):
-            v.fatal("bad_image", f"{where}: images[{k}]: missing or non-integer 'id'")
+            v.fatal("bad_image", f"{v.ann_file}: images[{k}]: missing or non-integer 'id'")
             continue
         iid = img["id"]
+        where = v.image_at(iid)
         if iid in images:
             v.fatal("duplicate_id", f"{where}: image {iid}: duplicate image id")
             continue
@@ -398,7 +418,7 @@ def _validate_images(raw: list[Any], v: _Validator, img_dir: Path,
     if check_files and images:
         if not img_dir.is_dir():
             raise DatasetError(f"{img_dir}: image folder not found (expected the images of "
-                               f"{where.name} there)")
+                               f"{v.ann_file.name} there)")
         listing = set(os.listdir(img_dir))
 
         def exists(name: str) -> bool:  # one listing for flat names, a stat for nested ones
@@ -407,7 +427,7 @@ def _validate_images(raw: list[Any], v: _Validator, img_dir: Path,
         missing = [iid for iid, img in images.items() if not exists(img["file_name"])]
         if missing and len(missing) == len(images):
             first = images[missing[0]]["file_name"]
-            raise DatasetError(f"{img_dir}: none of the {len(images)} images of {where.name} is there "
+            raise DatasetError(f"{img_dir}: none of the {len(images)} images of {v.ann_file.name} is there "
                                f"(e.g. '{first}')")
         for iid in missing:
             path = img_dir / images[iid]["file_name"]
@@ -432,16 +452,16 @@ class _AnnColumns:
 
 def _validate_annotations(raw: list[Any], images: dict[int, dict], refused: set[int], cat_label: dict[int, int],
                           v: _Validator) -> _AnnColumns:
-    where = v.ann_file
     seen: set[int] = set()
     position = {iid: k for k, iid in enumerate(images)}
     out = _AnnColumns()
     unknown_cats: Counter[int] = Counter()
     for k, a in enumerate(raw):
         if not isinstance(a, dict) or not _is_int(a.get("id")):
-            v.fatal("bad_annotation", f"{where}: annotations[{k}]: missing or non-integer 'id'")
+            v.fatal("bad_annotation", f"{v.ann_file}: annotations[{k}]: missing or non-integer 'id'")
             continue
         aid = a["id"]
+        where = v.ann_at(aid)
         if aid in seen:
             v.fatal("duplicate_id", f"{where}: annotation {aid}: duplicate annotation id")
             continue

@@ -72,7 +72,9 @@ def show_samples(root: Path, split: str, out: Path, n: int, seed: int, augment: 
     """Write `out/<k>_<image stem>.png` for the first `n` samples of epoch 0 (`ResumableSampler` order with
     `seed`), ground truth drawn, augmented as in training when `augment`. Returns the written paths."""
     if dataset is None:  # not `or`: an empty dataset is falsy
-        dataset = CocoDetection(root, split)
+        from .layout import split_source
+
+        dataset = CocoDetection(root, split, source=split_source(root, split, data_cfg))
     view = SeededDataset(dataset, build_transforms(data_cfg, train=True) if augment else None)
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=seed)
     sampler.set_epoch(0)

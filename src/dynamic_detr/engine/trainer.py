@@ -217,11 +217,16 @@ class Trainer:
     def _build_data(self) -> None:
         from ..data.coco import CocoDetection
         from ..data.collate import build_loader
+        from ..data.layout import split_source
         from ..data.transforms import build_transforms
 
         d, t = self.cfg.data, self.cfg.train
-        self.train_set = CocoDetection(self.data_root, d.train_split)
-        self.val_set = CocoDetection(self.data_root, d.val_split)
+        self.train_set = CocoDetection(self.data_root, d.train_split,
+                                       source=split_source(self.data_root, d.train_split, d))
+        self.val_set = CocoDetection(self.data_root, d.val_split, source=split_source(self.data_root, d.val_split, d))
+        if self.dist.rank == 0:
+            for ds in (self.train_set, self.val_set):
+                print(f"data: {ds.source.describe()}", flush=True)
         if len(self.train_set) == 0:
             raise UserError(f"{self.data_root}: split '{d.train_split}' has no usable images")
         m = self.cfg.model
