@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import peers
 import speed
+from dynamic_detr.config import PRESETS
 from dynamic_detr.engine.inference import effective_amp
 from dynamic_detr.errors import UserError
 from dynamic_detr.model.info import COMPONENTS, flop_counter
@@ -308,7 +309,7 @@ def markdown(report: dict[str, Any]) -> str:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["cpu_small"])
+    p.add_argument("--presets", nargs="+", choices=list(PRESETS), default=["cpu_small"])
     p.add_argument("--only", nargs="+", choices=peers.OURS, default=["faithful", "dynamic_detr"],
                    help="contenders of ours (the recipe ladder and ablations of benchmarks/peers.py)")
     p.add_argument("--batch", type=int, default=4, help="training batch (inference is batch 1)")
