@@ -133,8 +133,9 @@ def data_seconds(loader, device: torch.device, warmup: int, reps: int) -> float:
 
 
 def train_once(c: peers.Contender, batch, params: list[torch.Tensor], sections: Sections,
-               device: torch.device) -> dict[str, float]:
-    """One training step (speed.py's); seconds of each part but data loading."""
+               device: torch.device) -> tuple[float, dict[str, float]]:
+    """One training step (speed.py's): its seconds, and the seconds of each part but data loading ("other" =
+    the forward's time outside the timed sections)."""
     sections.reset()
     t0 = common.now(device)
     c.model.train()
@@ -151,11 +152,11 @@ def train_once(c: peers.Contender, batch, params: list[torch.Tensor], sections: 
     parts.update(matcher=s["matcher"], loss=s["criterion"] - s["matcher"])
     parts["other"] = max(0.0, (t1 - t0) - sum(parts.values()))
     parts.update(backward=t2 - t1, optimizer=t3 - t2)
-    return parts
+    return t3 - t0, parts
 
 
-def infer_once(c: peers.Contender, one, sections: Sections, device: torch.device) -> dict[str, float]:
-    """One batch-1 inference (forward + post-processing); seconds of each part but data loading."""
+def infer_once(c: peers.Contender, one, sections: Sections, device: torch.device) -> tuple[float, dict[str, float]]:
+    """One batch-1 inference (forward + post-processing): its seconds, and those of each part but data loading."""
     sections.reset()
     t0 = common.now(device)
     c.model.eval()
@@ -164,20 +165,23 @@ def infer_once(c: peers.Contender, one, sections: Sections, device: torch.device
     t1 = common.now(device)
     parts = {name: sections.seconds[name] for name in COMPONENTS}
     parts["other"] = max(0.0, (t1 - t0) - sum(parts.values()))
-    return parts
+    return t1 - t0, parts
 
 
-def median_split(run: Callable[[], dict[str, float]], warmup: int, reps: int) -> dict[str, float]:
-    """The parts of the rep whose total is the median of `reps` (after `warmup` untimed runs)."""
+def median_split(run: Callable[[], tuple[float, dict[str, float]]], warmup: int,
+                 reps: int) -> tuple[float, dict[str, float]]:
+    """The time and parts of the rep whose time is the median of `reps` (after `warmup` untimed runs)."""
     for _ in range(warmup):
         run()
-    splits = sorted((run() for _ in range(reps)), key=lambda p: sum(p.values()))
-    return splits[(len(splits) - 1) // 2]
+    runs = sorted((run() for _ in range(reps)), key=lambda r: r[0])
+    return runs[(len(runs) - 1) // 2]
 
 
-def split_report(parts: dict[str, float], order: tuple[str, ...]) -> dict[str, Any]:
-    wall = sum(parts.values())
-    return {"wall_ms": wall * 1000, "compute_ms": (wall - parts["data"]) * 1000,
+def split_report(seconds: float, parts: dict[str, float], order: tuple[str, ...]) -> dict[str, Any]:
+    """Wall time = the measured step (or inference) + data loading; each part's share of it. The parts are timed
+    on their own, so their shares add up to 100% only when they cover the step once and only once."""
+    wall = seconds + parts["data"]
+    return {"wall_ms": wall * 1000, "compute_ms": seconds * 1000,
             "parts_ms": {k: parts[k] * 1000 for k in order}, "shares": {k: 100 * parts[k] / wall for k in order}}
 
 
@@ -263,7 +267,7 @@ def measure(preset: str, name: str, args: argparse.Namespace, data: Path, device
     for key, parts, data_s, order, top, flops in (
             ("train", train, train_data, TRAIN_PARTS, train_top, train_flops),
             ("infer", infer, infer_data, INFER_PARTS, infer_top, infer_flops)):
-        rep = split_report({**parts, "data": data_s}, order)
+        rep = split_report(parts[0], {**parts[1], "data": data_s}, order)
         rate = flops / 1e9 / (rep["compute_ms"] / 1000)
         rep.update(gflop=flops / 1e9, gflop_s=rate, of_matmul=100 * rate / peaks["matmul_gflops"],
                    of_conv3x3=100 * rate / peaks["conv3x3_gflops"], top_ops=top)

@@ -63,8 +63,9 @@ def test_profile_quick(tmp_path):
             x, where = r[key], (r["name"], key)
             assert list(x["shares"]) == parts and list(x["parts_ms"]) == parts, where
             assert all(0 <= s <= 100 for s in x["shares"].values()), (where, x["shares"])
+            # the wall time is measured on its own: the parts cover it once and only once
             assert sum(x["shares"].values()) == pytest.approx(100, abs=5), (where, x["shares"])
-            assert x["wall_ms"] == pytest.approx(sum(x["parts_ms"].values()), rel=1e-6), where
+            assert sum(x["parts_ms"].values()) == pytest.approx(x["wall_ms"], rel=0.05), where
             assert x["compute_ms"] == pytest.approx(x["wall_ms"] - x["parts_ms"]["data"], rel=1e-6), where
             assert x["gflop"] > 0 and x["gflop_s"] > 0 and x["of_matmul"] > 0 and x["of_conv3x3"] > 0, where
             assert x["gflop_s"] == pytest.approx(x["gflop"] / (x["compute_ms"] / 1000), rel=1e-6), where
