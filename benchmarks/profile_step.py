@@ -57,6 +57,7 @@ PART_LABELS = {"data": "data loading (1 batch, DataLoader)", "backbone": "backbo
                "loss": "loss (criterion minus matcher)", "backward": "backward",
                "optimizer": "optimizer step (+ grad clipping)", "other": "other (glue, Python, post-processing)"}
 BACKWARD_NODE = "autograd::engine::evaluate_function: "
+BACKWARD_OTHER = "other (gradient accumulation, nodes made outside the parts)"
 TOP_OPS = 15
 
 
@@ -294,7 +295,8 @@ def markdown(report: dict[str, Any]) -> str:
                   "Backward by component (share of the profiled backward; ms = that share of the timed backward):",
                   "", "| component | share | ms |", "|---|---|---|"]
         for part, share in t["backward_by_part"].items():
-            lines.append(f"| {PART_LABELS[part]} | {share:.1f}% | {share * t['parts_ms']['backward'] / 100:.1f} |")
+            label = BACKWARD_OTHER if part == "other" else PART_LABELS[part]
+            lines.append(f"| {label} | {share:.1f}% | {share * t['parts_ms']['backward'] / 100:.1f} |")
         lines += ["", "| | GFLOP | GFLOP/s (compute time) | of fp32 matmul | of fp32 3x3 conv |",
                   "|---|---|---|---|---|"]
         for key, label in (("train", "train step"), ("infer", "inference b1")):
