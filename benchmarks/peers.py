@@ -95,6 +95,8 @@ class Contender:
     loss: Callable[[Batch], Tensor]
     detect: Callable[[Batch], list[dict[str, Tensor]]]
     settings: dict[str, Any] = field(default_factory=dict)
+    criterion: nn.Module | None = None
+    """Ours only: the loss module inside `loss` (benchmarks/profile_step.py times it and its matcher)."""
 
     @property
     def label(self) -> str:
@@ -153,7 +155,7 @@ def _ours(name: str, cfg: Config, num_classes: int) -> Contender:
 
     settings = {"optimizer": "adamw", "lr": t.lr, "weight_decay": t.weight_decay, "clip": t.clip_max_norm,
                 "amp": t.amp}
-    return Contender(name, model, opt, t.clip_max_norm, loss, detect, settings)
+    return Contender(name, model, opt, t.clip_max_norm, loss, detect, settings, criterion)
 
 
 # ---------------------------------------------------------------- Hugging Face DETR / Deformable DETR
