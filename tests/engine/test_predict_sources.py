@@ -124,3 +124,30 @@ def test_eval_reports_progress_off_a_terminal(model_dir, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(model_dir), "--data", str(data), "--split", "val",
                  "--batch-size", "2", "--workers", "0", "--device", "cpu"]) == 0
     assert "eval: 2/2 (100%) batch" in capsys.readouterr().err
+
+
+def test_ctrl_c_closes_the_video_and_its_json(tmp_path):
+    """A webcam ends with Ctrl-C: the frames so far make a playable video and a valid JSON. Any callable with
+    `Predictor.__call__`'s contract can be the model (here a fixed box per image, no network)."""
+    from dynamic_detr.data.sources import Item, VideoStream
+    from dynamic_detr.engine.predict_writer import write_predictions
+
+    av = pytest.importorskip("av")
+    stream = VideoStream(fps=15.0)
+
+    def frames():
+        for i in range(5):
+            yield Item("webcam0", "0", torch.full((3, 40, 60), 90, dtype=torch.uint8), stream, i, i / 15)
+        raise KeyboardInterrupt
+
+    def detect(images):
+        return [{"boxes": torch.tensor([[5.0, 5.0, 30.0, 20.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([7])} for _ in images]
+
+    summary = write_predictions(detect, {7: "disc"}, frames(), tmp_path, 0.5, batch_size=2)
+    assert summary.interrupted and (summary.videos, summary.frames, summary.detections) == (1, 4, 4)
+    record = json.loads((tmp_path / "webcam0.json").read_text())
+    assert [f["frame"] for f in record["frames"]] == [0, 1, 2, 3]  # the 5th was waiting for its batch
+    assert record["frames"][0]["detections"][0]["category"] == "disc" and record["fps"] == 15.0
+    with av.open(str(tmp_path / "webcam0.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4

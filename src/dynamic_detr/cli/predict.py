@@ -100,7 +100,7 @@ def _report(summary, missing: list[str], threshold: float, out: Path) -> int:
         for line in skipped:
             print(f"  {line}")
     if summary.interrupted:
-        print("interrupted: the files written so far are complete", file=sys.stderr)
+        print("interrupted: what was written is kept (an open video closed where it stopped)", file=sys.stderr)
         return 130
     if summary.images + summary.frames == 0:
         print("nothing could be read", file=sys.stderr)

@@ -33,7 +33,8 @@ class PredictSummary:
     detections: int = 0
     failed: list[str] = field(default_factory=list)
     interrupted: bool = False
-    """Ctrl-C stopped the run (the files written so far are complete; a video is closed where it stopped)."""
+    """Ctrl-C stopped the run: an open video and its JSON were closed where it stopped (both stay readable); the
+    images of the unfinished batch were dropped."""
 
 
 def write_predictions(detect: Detect, names: dict[int, str], items: Iterable[Item | Skipped], out: Path,
