@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..engine.predict_writer import PredictSummary
 
 
 def register(sub) -> None:
@@ -88,7 +92,7 @@ def _refuse_empty(missing: list[str], found: bool) -> None:
         raise UserError(f"nothing to predict: {missing[0]}{more}")
 
 
-def _report(summary, missing: list[str], threshold: float, out: Path) -> int:
+def _report(summary: PredictSummary, missing: list[str], threshold: float, out: Path) -> int:
     """Print what was written and what was skipped; the exit code (0 all read, 1 some skipped, 2 none read,
     130 interrupted)."""
     videos = f", {summary.videos} video(s) ({summary.frames} frame(s))" if summary.videos else ""
