@@ -38,3 +38,40 @@ def _restore_deterministic_mode(_deterministic_mode_at_start: tuple[bool, bool])
     yield
     enabled, warn_only = _deterministic_mode_at_start
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+@pytest.fixture
+def local_http() -> Iterator[Callable[[dict[str, tuple[int, str, bytes]]], str]]:
+    """`local_http({path: (status, content type, body)})` -> the base URL of an HTTP server on 127.0.0.1 (a free
+    port, a daemon thread, stopped after the test) answering those paths and 404 for any other. Tests that read
+    URLs use it and nothing else: no other address is ever contacted."""
+    import http.server
+    import threading
+
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(routes: dict[str, tuple[int, str, bytes]]) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = 10  # a stuck client cannot hold the thread longer
+
+            def do_GET(self) -> None:
+                status, ctype, body = routes.get(self.path, (404, "text/plain", b"not found"))
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # keep the test output clean
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

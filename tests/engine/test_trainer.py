@@ -207,16 +207,19 @@ def test_nonfinite_loss_skips_then_stops(easy, tmp_path, kind):
     assert (kind == "activation") == ("nan_probe.running_mean" in state["model"])
 
 
-def test_ema_evaluated_alongside_raw(easy, tmp_path):
-    """EMA on: both weight sets are evaluated (metrics["raw"], the raw_AP column), the EMA weights differ from
-    the raw ones, and the EMA weights are the ones written for use: weights/{last,best}.safetensors and what
-    `load_model` (eval, predict, export) takes from best.pt."""
+def test_ema_evaluated_alongside_raw(easy, tmp_path, capsys):
+    """EMA on: both weight sets are evaluated (metrics["raw"], the raw_AP column; each reports its progress, a
+    plain line off a terminal), the EMA weights differ from the raw ones, and the EMA weights are the ones
+    written for use: weights/{last,best}.safetensors and what `load_model` (eval, predict, export) takes from
+    best.pt."""
     from dynamic_detr.engine.loading import load_model
 
     run = tmp_path / "run"
     result = Trainer(tiny_config(batch_size=4, ema=True, ema_decay=0.9), easy, run, epochs=1,
                      progress=False).fit()
     assert set(result.metrics["raw"]) >= {"AP", "AP50"}
+    err = capsys.readouterr().err
+    assert "val: 1/1 (100%) batch" in err and "val (EMA): 1/1 (100%) batch" in err
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert "raw_AP" in rows[0]
     ckpt = load_checkpoint(run / "last.pt")

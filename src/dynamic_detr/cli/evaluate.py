@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
                           train=False, num_workers=args.workers, size_divisibility=cfg.data.size_divisibility)
     names = dict(zip(dataset.category_ids, dataset.class_names, strict=True))
     keep: dict = {}
-    metrics, dets = evaluate_model(model, loader, dataset.coco_gt(), names, device, args.amp, keep=keep)
+    metrics, dets = evaluate_model(model, loader, dataset.coco_gt(), names, device, args.amp, keep=keep,
+                                   desc="eval")
     assert metrics is not None
     print(format_table(metrics))
     if args.out:

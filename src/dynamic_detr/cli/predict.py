@@ -1,25 +1,35 @@
-"""`dynamic-detr predict`: detect objects in images, draw them, and write one JSON of detections per image."""
+"""`dynamic-detr predict`: detect objects in images and videos, draw them, and write the detections as JSON."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+if TYPE_CHECKING:
+    from ..engine.predict_writer import PredictSummary
 
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", help="detect objects in images or folders of images",
-                       description="Run a trained model on images. For every input, OUT/<name>.png has the "
-                                   "boxes drawn and OUT/<name>.json the detections (xyxy pixels, score, "
-                                   "category). Unreadable images and images with an aspect ratio over 100:1 "
-                                   "are reported and skipped; the exit code is 1 when any input was skipped. "
-                                   "OUT must not be a folder holding inputs (drawn copies would overwrite "
-                                   "them): that is refused.")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
+    p = sub.add_parser("predict", help="detect objects in images, folders, globs, URLs, videos or a webcam",
+                       description="Run a trained model on images and videos. SOURCE is an image file; a folder "
+                                   "(walked recursively for images, sub-folders mirrored in OUT); a quoted glob "
+                                   "(\"data/**/*.jpg\"); an http(s) URL of an image; a video file (needs the "
+                                   "video extra: pip install 'dynamic-detr[video]'); or a webcam index (0). "
+                                   "For an image, OUT/<name>.png has the boxes drawn and OUT/<name>.json the "
+                                   "detections (xyxy pixels, score, category); for a video, OUT/<name>.mp4 and "
+                                   "one OUT/<name>.json with a list of frames. Inputs that cannot be read "
+                                   "(missing, undecodable, a bad URL, an aspect ratio over 100:1) are reported "
+                                   "and skipped. Exit code: 0 all read, 1 any input skipped, 2 nothing could be "
+                                   "read (or a usage error), 130 stopped by Ctrl-C (the way to end a webcam; "
+                                   "what was written is kept). OUT must not hold any input, at any depth (drawn "
+                                   "copies could overwrite them): that is refused.")
+    p.add_argument("inputs", nargs="+", metavar="SOURCE",
+                   help="image, folder, quoted glob, http(s) URL, video file or webcam index")
     p.add_argument("--checkpoint", required=True, type=Path, help="run folder, .pt checkpoint or .safetensors")
     p.add_argument("--out", required=True, type=Path,
-                   help="output folder (created if needed; not the folder of any input)")
+                   help="output folder (created if needed; must not hold any input)")
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing and JSON")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -38,7 +48,8 @@ def _positive_int(text: str) -> int:
 
 
 def list_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders expanded (non-recursive) to their image files, sorted."""
+    """Files as given; folders expanded (non-recursive) to their image files, sorted (`export --check`)."""
+    from ..data.sources import IMAGE_SUFFIXES
     from ..errors import UserError
 
     files: list[Path] = []
@@ -55,20 +66,47 @@ def list_inputs(inputs: list[Path]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..data.sources import iter_items, resolve_sources
     from ..engine.loading import load_model
     from ..engine.predictor import Predictor, check_output_folder
+    from ..engine.progress import progress
 
-    files = list_inputs(args.inputs)
-    check_output_folder(files, args.out)  # before loading the model: refuse early
+    sources = resolve_sources(args.inputs, args.out)  # paths only; a video without PyAV stops here
+    check_output_folder(sources.local_files(), args.out, nested=True)  # before loading the model: refuse early
+    _refuse_empty(sources.missing, bool(sources.sources))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_model(args.checkpoint, device)
     args.out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(model, cfg, device)
-    n_ok, n_dets, failed = predictor.predict_files(files, args.out, args.threshold, args.batch_size)
-    print(f"{n_ok} image(s), {n_dets} detection(s) above {args.threshold} written to {args.out}")
-    if failed:
-        print(f"{len(failed)} input(s) skipped:")
-        for line in failed:
+    items = progress(iter_items(sources.sources), "predict", sources.total, unit="img")
+    summary = predictor.predict_items(items, args.out, args.threshold, args.batch_size)
+    return _report(summary, sources.missing, args.threshold, args.out)
+
+
+def _refuse_empty(missing: list[str], found: bool) -> None:
+    """Nothing to read at all: one line, before the model loads."""
+    from ..errors import UserError
+
+    if not found:
+        more = f" (and {len(missing) - 1} more input(s) naming nothing)" if len(missing) > 1 else ""
+        raise UserError(f"nothing to predict: {missing[0]}{more}")
+
+
+def _report(summary: PredictSummary, missing: list[str], threshold: float, out: Path) -> int:
+    """Print what was written and what was skipped; the exit code (0 all read, 1 some skipped, 2 none read,
+    130 interrupted)."""
+    videos = f", {summary.videos} video(s) ({summary.frames} frame(s))" if summary.videos else ""
+    print(f"{summary.images} image(s){videos}, {summary.detections} detection(s) above {threshold} "
+          f"written to {out}")
+    skipped = missing + summary.failed
+    if skipped:
+        print(f"{len(skipped)} input(s) skipped:")
+        for line in skipped:
             print(f"  {line}")
-        return 1
-    return 0
+    if summary.interrupted:
+        print("interrupted: what was written is kept (an open video closed where it stopped)", file=sys.stderr)
+        return 130
+    if summary.images + summary.frames == 0:
+        print("nothing could be read", file=sys.stderr)
+        return 2
+    return 1 if skipped else 0

@@ -6,6 +6,7 @@ EXIF orientation is applied (COCO boxes are in the upright frame); grayscale, pa
 
 from __future__ import annotations
 
+import io
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -117,13 +118,27 @@ def read_image(path: Path) -> tv_tensors.Image:
     """The upright image as `tv_tensors.Image` uint8 [3, H, W]. Raises ImageReadError naming the file."""
     path = Path(path)
     with _open(path) as img:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # e.g. palette-with-transparency notes
-                img.load()
-                upright = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
-                arr = _to_rgb_array(upright)
-        except _DECODE_ERRORS as e:
-            raise ImageReadError(f"{path}: cannot decode image ({_reason(e)})") from None
+        return _decode(img, str(path))
+
+
+def decode_image_bytes(data: bytes, name: str) -> tv_tensors.Image:
+    """`read_image` for an image held in memory (e.g. downloaded); `name` (its URL) goes into the messages."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(f"{name}: cannot decode image ({_reason(e)})") from None
+    with img:
+        return _decode(img, name)
+
+
+def _decode(img: Image.Image, name: str) -> tv_tensors.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. palette-with-transparency notes
+            img.load()
+            upright = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+            arr = _to_rgb_array(upright)
+    except _DECODE_ERRORS as e:
+        raise ImageReadError(f"{name}: cannot decode image ({_reason(e)})") from None
     t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
     return tv_tensors.Image(t)

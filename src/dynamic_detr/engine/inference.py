@@ -43,12 +43,16 @@ def autocast(device: torch.device, amp: str):
 
 @torch.no_grad()
 def predict_loader(model: torch.nn.Module, loader, device: torch.device, amp: str = "none", top_k: int = 100,
-                   unreadable: dict[int, str] | None = None) -> list[dict[str, Any]]:
+                   unreadable: dict[int, str] | None = None, desc: str | None = None) -> list[dict[str, Any]]:
     """COCO-format detections (dataset image / category ids) for every image this rank sees, unthresholded.
-    Images the loader could not serve (`Batch.unreadable`) get none and go to `unreadable` (id -> message)."""
+    Images the loader could not serve (`Batch.unreadable`) get none and go to `unreadable` (id -> message).
+    `desc`: report progress under this name on stderr (`engine.progress`; rank 0 only)."""
+    from .progress import progress
+
     model.eval()
     detections: list[dict[str, Any]] = []
-    for batch in loader:
+    main = not dist_utils.is_dist() or torch.distributed.get_rank() == 0
+    for batch in progress(loader, desc or "", enabled=desc is not None and main, unit="batch"):
         if unreadable is not None:
             unreadable.update(getattr(batch, "unreadable", ()))
         if len(batch) == 0:  # every image of this batch failed to decode
@@ -65,15 +69,15 @@ def predict_loader(model: torch.nn.Module, loader, device: torch.device, amp: st
 
 
 def evaluate_model(model: torch.nn.Module, loader, coco_gt, class_names: dict[int, str] | None,
-                   device: torch.device, amp: str = "none",
-                   keep: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, list[dict]]:
-    """COCO metrics and all ranks' detections on rank 0; (None, []) on the other ranks.
+                   device: torch.device, amp: str = "none", keep: dict[str, Any] | None = None,
+                   desc: str | None = None) -> tuple[dict[str, Any] | None, list[dict]]:
+    """COCO metrics and all ranks' detections on rank 0; (None, []) on the other ranks. `desc`: progress name.
 
     Images that do not decode are left out of the scoring (not counted as misses, their stand-in not scored in
     their place), named on stderr and in the metrics (`skipped_images`, `num_images`). `keep`, when given, receives
     `evaluator`: the `CocoEvaluator` (with its COCOeval) on rank 0, for the error analysis."""
     unreadable: dict[int, str] = {}
-    dets = predict_loader(model, loader, device, amp, unreadable=unreadable)
+    dets = predict_loader(model, loader, device, amp, unreadable=unreadable, desc=desc)
     gathered = dist_utils.all_gather_objects((dets, unreadable))
     if dist_utils.is_dist() and torch.distributed.get_rank() != 0:
         return None, []

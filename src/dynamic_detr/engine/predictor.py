@@ -1,24 +1,25 @@
-"""Inference on image files: stream, batch, postprocess, draw, and write per-file JSON (memory stays bounded).
+"""Inference on images: the model in eval mode behind its eval transform; streamed inputs (images, video frames:
+`data.sources`) batched, drawn and written (`predict_writer`), memory bounded.
 
 Bad inputs (files that do not decode, images over `records.MAX_ASPECT_RATIO`:1) are reported and skipped; an
 output folder that holds any input is refused, so drawn copies never overwrite (or mix with) the inputs."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torchvision import tv_tensors
 
 from ..config import Config
 from ..errors import UserError
-from .visualize import draw_detections
+from .predict_writer import PredictSummary, write_predictions
 
 if TYPE_CHECKING:
     from ..data.collate import Batch
+    from ..data.sources import Item, Skipped
 
 
 class Predictor:
@@ -54,72 +55,37 @@ class Predictor:
         orig = torch.stack([t["orig_size"] for t in batch.targets]).to(self.device)
         return [{k: v.cpu() for k, v in r.items()} for r in self.model.postprocess(outputs, orig)]
 
-    def _read(self, files: list[Path], failed: list[str]) -> Iterator[tuple[Path, torch.Tensor]]:
-        from ..data.image_io import read_image
-        from ..data.records import aspect_problem
-
-        for path in files:
-            try:
-                image = read_image(path)
-            except UserError as e:
-                failed.append(str(e))
-                continue
-            except MemoryError:
-                failed.append(f"{path}: image too large to decode in memory")
-                continue
-            problem = aspect_problem(int(image.shape[-1]), int(image.shape[-2]))
-            if problem:
-                failed.append(f"{path}: {problem}; skipped")
-                continue
-            yield path, torch.Tensor.as_subclass(image, torch.Tensor)
+    def predict_items(self, items: Iterable[Item | Skipped], out: Path, threshold: float,
+                      batch_size: int = 4) -> PredictSummary:
+        """Detect, draw and write every item of `data.sources.iter_items` (`predict_writer.write_predictions`)."""
+        return write_predictions(self, self.names, items, out, threshold, batch_size)
 
     def predict_files(self, files: list[Path], out: Path, threshold: float,
                       batch_size: int = 4) -> tuple[int, int, list[str]]:
         """Write `out/<stem>.png` (drawn) and `out/<stem>.json` per file; returns (images done, detections
         written, messages for skipped files). Only `batch_size` decoded images are held at a time.
         Raises UserError when `out` holds any of `files` (`check_output_folder`)."""
-        from PIL import Image
+        from ..data.sources import Source, iter_items, unique_name
 
         check_output_folder(files, out)
-        failed: list[str] = []
         used: set[str] = set()
-        n_ok = n_dets = 0
-        chunk: list[tuple[Path, torch.Tensor]] = []
-
-        def flush() -> None:
-            nonlocal n_ok, n_dets
-            results = self([img for _, img in chunk])
-            for (path, img), res in zip(chunk, results, strict=True):
-                stem = _unique(path.stem, used)
-                keep = res["scores"] >= threshold
-                dets = [_detection(b, s, c, self.names) for b, s, c in
-                        zip(res["boxes"][keep], res["scores"][keep], res["labels"][keep], strict=True)]
-                drawn = draw_detections(img, res["boxes"], res["scores"], res["labels"], self.names, threshold)
-                Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy()).save(out / f"{stem}.png")
-                record: dict[str, Any] = {"file": str(path), "height": int(img.shape[-2]),
-                                          "width": int(img.shape[-1]), "threshold": threshold, "detections": dets}
-                (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
-                n_ok += 1
-                n_dets += len(dets)
-            chunk.clear()
-
-        for item in self._read(files, failed):
-            chunk.append(item)
-            if len(chunk) == batch_size:
-                flush()
-        if chunk:
-            flush()
-        return n_ok, n_dets, failed
+        sources = (Source("image", str(path), unique_name(path.stem, used)) for path in files)
+        summary = self.predict_items(iter_items(sources), out, threshold, batch_size)
+        return summary.images, summary.detections, summary.failed
 
 
-def check_output_folder(files: list[Path], out: Path) -> None:
+def check_output_folder(files: list[Path], out: Path, nested: bool = False) -> None:
     """Refuse an output folder that holds any input file: `<stem>.png` drawings would overwrite inputs of
-    that name, and a later run over the folder would read the drawings back as inputs."""
+    that name, and a later run over the folder would read the drawings back as inputs. `nested`: also an
+    input in any sub-folder of it (`predict` mirrors sub-folders into the output folder)."""
     if not out.is_dir():
         return  # a folder that does not exist yet holds nothing
     seen: set[Path] = set()
     for path in files:
-        for parent in (path.parent, path.resolve().parent):  # as given, and behind symlinks
+        parents = [path.parent, path.resolve().parent]  # as given, and behind symlinks
+        if nested:
+            parents += [*path.parent.parents, *path.resolve().parent.parents]
+        for parent in parents:
             if parent in seen:
                 continue
             seen.add(parent)
@@ -130,18 +96,3 @@ def check_output_folder(files: list[Path], out: Path) -> None:
             if same:
                 raise UserError(f"{out}: the output folder holds the input {path}; drawn copies would overwrite "
                                 "or mix with the inputs: choose another --out")
-
-
-def _detection(box: torch.Tensor, score: torch.Tensor, label: torch.Tensor, names: dict[int, str]) -> dict:
-    cat = int(label)
-    return {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "category_id": cat,
-            "category": names.get(cat, str(cat))}
-
-
-def _unique(stem: str, used: set[str]) -> str:
-    name, k = stem, 1
-    while name in used:
-        name = f"{stem}_{k}"
-        k += 1
-    used.add(name)
-    return name

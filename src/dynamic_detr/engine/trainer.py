@@ -558,10 +558,11 @@ class Trainer:
         raw_keep: dict[str, Any] = {}
         ema_keep: dict[str, Any] = {}
         try:
-            metrics, dets = evaluate_model(self.model, loader, gt, names, self.device, amp, keep=raw_keep)
+            metrics, dets = evaluate_model(self.model, loader, gt, names, self.device, amp, keep=raw_keep,
+                                           desc="val")  # progress: rank 0 only, a line off a terminal
             if self.ema is not None:
                 ema_metrics, ema_dets = evaluate_model(self.ema.module, loader, gt, names, self.device, amp,
-                                                       keep=ema_keep)
+                                                       keep=ema_keep, desc="val (EMA)")
         except RuntimeError:  # "DataLoader worker ... is killed by signal" once a stop is requested
             if stop is None or not stop.requested:
                 raise
