@@ -6,7 +6,7 @@ else (backbone, encoder, dense head's box branch, decoder) is loaded. The same t
 from those weights and from random weights, with the same data order, and both are evaluated after every
 epoch. Each run goes through the trainer as `dynamic-detr train` would (`engine.trainer.Trainer`).
 
-    .venv/bin/python benchmarks/finetune.py                  # about 1 h on 2 CPU cores
+    .venv/bin/python benchmarks/finetune.py                  # about 30 min on 2 CPU cores
     .venv/bin/python benchmarks/finetune.py --quick          # smoke run (cpu_tiny, a few steps)
 
 Writes OUT/finetune.json, OUT/finetune.md and OUT/finetune_ap.png; the source model stays in
@@ -124,11 +124,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="cpu_small")
-    p.add_argument("--image-size", type=int, default=192, help="long side of the synthetic images")
-    p.add_argument("--source", type=int, nargs=2, default=[480, 120], metavar=("TRAIN", "VAL"))
-    p.add_argument("--source-epochs", type=int, default=8)
-    p.add_argument("--target", type=int, nargs=2, default=[160, 80], metavar=("TRAIN", "VAL"))
-    p.add_argument("--target-epochs", type=int, default=6)
+    p.add_argument("--image-size", type=int, default=160, help="long side of the synthetic images")
+    p.add_argument("--source", type=int, nargs=2, default=[320, 80], metavar=("TRAIN", "VAL"))
+    p.add_argument("--source-epochs", type=int, default=6)
+    p.add_argument("--target", type=int, nargs=2, default=[120, 60], metavar=("TRAIN", "VAL"))
+    p.add_argument("--target-epochs", type=int, default=5)
     p.add_argument("--target-classes", nargs="+", default=["star", "ring", "cross"], choices=CLASSES)
     p.add_argument("--work", type=Path, default=common.ROOT / "runs" / "bench")
     p.add_argument("--out", type=Path, default=common.RESULTS / "finetune")
