@@ -17,7 +17,8 @@ def register(sub) -> None:
                                    "OUT must not be a folder holding inputs (drawn copies would overwrite "
                                    "them): that is refused.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--checkpoint", required=True, type=Path, help="run folder, .pt checkpoint or .safetensors")
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="run folder, .pt checkpoint, .safetensors or an exported .onnx (run with onnxruntime)")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder (created if needed; not the folder of any input)")
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing and JSON")
@@ -57,11 +58,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.loading import load_model
     from ..engine.predictor import Predictor, check_output_folder
+    from ..export.onnx_runner import is_onnx, load_onnx
 
     files = list_inputs(args.inputs)
     check_output_folder(files, args.out)  # before loading the model: refuse early
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg = load_model(args.checkpoint, device)
+    model, cfg = load_onnx(args.checkpoint) if is_onnx(args.checkpoint) else load_model(args.checkpoint, device)
     args.out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(model, cfg, device)
     n_ok, n_dets, failed = predictor.predict_files(files, args.out, args.threshold, args.batch_size)
