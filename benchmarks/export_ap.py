@@ -1,7 +1,8 @@
 """AP of exported graphs against the PyTorch model they come from, on one dataset split.
 
 Contenders, same weights, same val images, batch 4, COCO AP from pycocotools:
-* PyTorch: the checkpoint as `dynamic-detr eval` runs it (eval resize with the aspect kept, padded batches);
+* PyTorch: the checkpoint as `dynamic-detr eval` runs it (eval resize with the aspect kept, padded batches), and
+  at batch 1 (each image padded only to the size divisibility: how much the backbone's border effect moves AP);
 * letterbox, default canvas: what `dynamic-detr export` writes (eval resize, then top-left on a square canvas of
   the eval max size, padding-aware), run by `export/onnx_runner.py` as `eval --checkpoint model.onnx` does;
 * letterbox, smaller canvas: the earlier default export size (eval short side x min(eval max size, 4/3 of it));
@@ -93,7 +94,7 @@ def run(checkpoint: Path, data: Path, batch: int, workers: int) -> dict:
     gt = dataset.coco_gt()
     d = cfg.data
 
-    def ap(detector, transform) -> dict:
+    def ap(detector, transform, batch: int = batch) -> dict:
         loader = build_loader(SeededDataset(dataset, transform), batch, train=False, num_workers=workers,
                               size_divisibility=d.size_divisibility)
         metrics, _ = evaluate_model(detector, loader, gt, names, device)
@@ -102,7 +103,9 @@ def run(checkpoint: Path, data: Path, batch: int, workers: int) -> dict:
     eval_tf = build_transforms(d, train=False)
     square = default_image_size(d.eval_max_size, d.size_divisibility)
     small = (d.eval_short_side, min(d.eval_max_size, d.eval_short_side * 4 // 3))
-    rows = [{"variant": "PyTorch checkpoint (eval)", "input": "eval resize, padded batch", **ap(model, eval_tf)}]
+    rows = [{"variant": "PyTorch checkpoint (eval)", "input": "eval resize, padded batch", **ap(model, eval_tf)},
+            {"variant": "PyTorch checkpoint (eval), batch 1", "input": "eval resize, padded to a multiple of "
+             f"{d.size_divisibility}", **ap(model, eval_tf, batch=1)}]
     with tempfile.TemporaryDirectory() as tmp:
         for size, what in ((square, "default canvas"), (small, "smaller canvas, shrunk to fit")):
             path = Path(tmp) / f"letterbox_{size[0]}x{size[1]}.onnx"
