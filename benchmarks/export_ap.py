@@ -12,6 +12,9 @@ Contenders, same weights, same val images, batch 4, COCO AP from pycocotools:
     dynamic-detr demo --minutes 3 --out /tmp/onnx_demo      # a trained model and the synthetic data
     .venv/bin/python benchmarks/export_ap.py --checkpoint /tmp/onnx_demo/run --data /tmp/onnx_demo/data \\
         --out benchmarks/results/export_ap.json
+    .venv/bin/python benchmarks/export_ap.py --quick     # smoke run (the test suite calls it): random cpu_tiny
+
+docs/benchmarks.md has the measured figures and the commands that trained the model they are for.
 """
 
 from __future__ import annotations
@@ -135,15 +138,43 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def quick_setup(root: Path) -> tuple[Path, Path]:
+    """A random-weights cpu_tiny model for 4 synthetic val images (128 px): (checkpoint folder, data)."""
+    from dynamic_detr.config import get_preset
+    from dynamic_detr.data.coco import CocoDetection
+    from dynamic_detr.data.synthetic import generate
+    from dynamic_detr.model import DynamicDETR
+
+    data = root / "data"
+    generate(data, train=1, val=4, image_size=128, seed=0)
+    dataset = CocoDetection(data, "val")
+    cfg = get_preset("cpu_tiny")
+    cfg.model.backbone.weights = None
+    cfg.model.num_classes = len(dataset.category_ids)
+    cfg.model.category_ids, cfg.model.class_names = list(dataset.category_ids), list(dataset.class_names)
+    cfg.data.val_split = "val"
+    torch.manual_seed(0)
+    model = DynamicDETR(cfg.model).eval()
+    model.run_config = cfg
+    model.save_pretrained(root / "model")
+    return root / "model", data
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, type=Path, help="a trained model (run folder, .pt, ...)")
-    p.add_argument("--data", required=True, type=Path, help="COCO dataset folder (its val split is used)")
+    p.add_argument("--checkpoint", type=Path, help="a trained model (run folder, .pt, ...)")
+    p.add_argument("--data", type=Path, help="COCO dataset folder (its val split is used)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--out", type=Path, help="results JSON")
+    p.add_argument("--quick", action="store_true", help="random cpu_tiny on 4 synthetic images (smoke test)")
     args = p.parse_args(argv)
-    res = run(args.checkpoint, args.data, args.batch, args.workers)
+    if not args.quick and (args.checkpoint is None or args.data is None):
+        p.error("--checkpoint and --data are required (or --quick)")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            args.checkpoint, args.data = quick_setup(Path(tmp))
+        res = run(args.checkpoint, args.data, args.batch, args.workers)
     print(markdown(res))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
