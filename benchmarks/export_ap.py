@@ -9,9 +9,7 @@ Contenders, same weights, same val images, batch 4, COCO AP from pycocotools:
   images that do not fit after the eval resize are shrunk to fit;
 * stretched: the earlier export, each image resized to that fixed size regardless of its aspect ratio.
 
-    dynamic-detr demo --minutes 3 --out /tmp/onnx_demo      # a trained model and the synthetic data
-    .venv/bin/python benchmarks/export_ap.py --checkpoint /tmp/onnx_demo/run --data /tmp/onnx_demo/data \\
-        --out benchmarks/results/export_ap.json
+    .venv/bin/python benchmarks/export_ap.py --checkpoint RUN --data DIR --out benchmarks/results/export_ap.json
     .venv/bin/python benchmarks/export_ap.py --quick     # smoke run (the test suite calls it): random cpu_tiny
 
 docs/benchmarks.md has the measured figures and the commands that trained the model they are for.
