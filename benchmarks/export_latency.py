@@ -45,17 +45,17 @@ def run(preset: str, image_size: tuple[int, int] | None, batch: int, warmup: int
     torch.manual_seed(0)
     model = DynamicDETR(cfg.model).eval()
     images = torch.rand(batch, 3, h, w)
-    sizes = torch.tensor([[h, w]] * batch, dtype=torch.int64)
+    sizes = torch.tensor([[h, w]] * batch, dtype=torch.int64)  # images filling the canvas: valid = whole
     eager = ExportWrapper(model, top_k=100).eval()  # the config's kernel (auto: sampled on CPU), as users get
 
     def torch_fn():
         with torch.inference_mode():
-            eager(images, sizes)
+            eager(images, sizes, sizes)
 
     rows = {"pytorch eager": median_ms(torch_fn, warmup, reps)}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
-    feed = {"images": images.numpy(), "orig_sizes": sizes.numpy()}
+    feed = {"images": images.numpy(), "valid_sizes": sizes.numpy(), "orig_sizes": sizes.numpy()}
     with tempfile.TemporaryDirectory() as tmp:
         for mode, portable in (("onnxruntime native (DeformConv)", False), ("onnxruntime portable (GridSample)", True)):
             path = Path(tmp) / f"{portable}.onnx"

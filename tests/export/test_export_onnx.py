@@ -38,11 +38,16 @@ def exported(model, tmp_path_factory):
     return out
 
 
-def _inputs(n: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(n: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Letterboxed images (images, valid sizes, original sizes): the first fills the canvas, the others are padded
+    (a portrait one at the bottom and right, a landscape one at the bottom)."""
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(n, 3, *SIZE, generator=g)
-    sizes = torch.tensor([[480, 640], [300, 200], [96, 128]][:n], dtype=torch.int64)
-    return images, sizes
+    valid = torch.tensor([[96, 128], [96, 64], [72, 128]][:n], dtype=torch.int64)
+    for img, (h, w) in zip(images, valid.tolist(), strict=True):
+        img[:, h:], img[:, :, w:] = 0, 0
+    sizes = torch.tensor([[480, 640], [300, 200], [96, 170]][:n], dtype=torch.int64)
+    return images, valid, sizes
 
 
 def _ops(path) -> dict[str, list[onnx.NodeProto]]:
@@ -81,8 +86,8 @@ def test_portable_graph_has_no_deform_conv(exported):
 @pytest.mark.parametrize("mode", ["native", "portable"])
 def test_onnxruntime_matches_pytorch(exported, mode):
     wrapper, path = exported[mode]
-    images, sizes = _inputs(3)
-    parity = compare(wrapper, path, images, sizes, top=10)
+    images, valid, sizes = _inputs(3)
+    parity = compare(wrapper, path, images, valid, sizes, top=10)
     assert parity.compared == 30
     assert parity.max_box_px < 1.0
     assert parity.max_score < 1e-3
@@ -90,11 +95,15 @@ def test_onnxruntime_matches_pytorch(exported, mode):
 
 
 def test_wrapper_is_the_models_postprocess(model, exported):
-    """What the graph computes is the eager model's own prediction (its default, sampled kernel)."""
-    images, sizes = _inputs(2)
+    """What the graph computes is the eager model's own prediction (its default, sampled kernel) on the padded
+    batch, with the padding mask built from the valid sizes."""
+    images, valid, sizes = _inputs(2)
+    masks = torch.ones(2, *SIZE, dtype=torch.bool)
+    for m, (h, w) in zip(masks, valid.tolist(), strict=True):
+        m[:h, :w] = False
     with torch.no_grad():
-        ref = model.postprocess(model(images), sizes)
-        boxes, scores, labels = exported["native"][0](images, sizes)
+        ref = model.postprocess(model(images, masks), sizes)
+        boxes, scores, labels = exported["native"][0](images, valid, sizes)
     for i in range(2):
         torch.testing.assert_close(boxes[i], ref[i]["boxes"], atol=1e-3, rtol=1e-5)  # px, up to ~640
         torch.testing.assert_close(scores[i], ref[i]["scores"], atol=1e-5, rtol=0)
@@ -189,8 +198,9 @@ def test_export_uses_ema_weights(model, tmp_path):
     out = tmp_path / "ema.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--image-size", *map(str, SIZE),
                  "--portable"]) == 0
-    images, sizes = _inputs(1)
-    got = ort.InferenceSession(str(out)).run(None, {"images": images.numpy(), "orig_sizes": sizes.numpy()})
+    images, valid, sizes = _inputs(1)
+    got = ort.InferenceSession(str(out)).run(None, {"images": images.numpy(), "valid_sizes": valid.numpy(),
+                                                    "orig_sizes": sizes.numpy()})
     with torch.no_grad():
         ref = ema.postprocess(ema(images), sizes)[0]
     np.testing.assert_allclose(got[1][0], ref["scores"].numpy(), atol=1e-4)
@@ -227,8 +237,7 @@ def test_every_preset_exports_with_parity(preset, mode, tmp_path):
     cfg = get_preset(preset)
     cfg.model.backbone.weights = None
     cfg.model.num_classes = 6
-    size = (320, 416) if preset == "paper_r50" else default_image_size(cfg.data.eval_short_side,
-                                                                      cfg.data.eval_max_size)
+    size = (320, 416) if preset == "paper_r50" else default_image_size(cfg.data.eval_max_size)
     torch.manual_seed(0)
     model = DynamicDETR(cfg.model).eval()
     with torch.no_grad():
@@ -237,8 +246,10 @@ def test_every_preset_exports_with_parity(preset, mode, tmp_path):
                 p.copy_(torch.randn(p.shape) * 0.05)
     wrapper = export_onnx(model, tmp_path / "m.onnx", size, portable=mode == "portable")
     images = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    valid = torch.tensor([[size[0] * 3 // 4, size[1]]])
+    images[:, :, valid[0, 0]:] = 0
     sizes = torch.tensor([[480, 640]])
-    parity = compare(wrapper, tmp_path / "m.onnx", images, sizes, top=10)
+    parity = compare(wrapper, tmp_path / "m.onnx", images, valid, sizes, top=10)
     if not (parity.max_box_px < 1.0 and parity.max_score < 1e-3 and parity.label_agreement == 1.0):
         # Random weights leave these models ill-conditioned: knife-edge choices (the order of near-tied proposals
         # in query selection, a box on a RoI-level boundary, near-tied final scores) that float32 rounding can
@@ -246,20 +257,20 @@ def test_every_preset_exports_with_parity(preset, mode, tmp_path):
         # (measured: cpu_small 90.3 px / 4.9e-3, paper_r50 424 px). Then the graph must agree with PyTorch as
         # well as PyTorch agrees with itself when the input moves by 1e-5 (1/400 of an 8-bit grey level); that
         # move gave exactly those figures (cpu_small 90.3 px, paper_r50 424 px, already at 1e-6).
-        self_box, self_score = _sensitivity(wrapper, images, sizes, top=10)
+        self_box, self_score = _sensitivity(wrapper, images, valid, sizes, top=10)
         assert parity.max_box_px <= 1.5 * self_box + 1.0, (parity.line(), self_box)
         assert parity.max_score <= 1.5 * self_score + 1e-3, (parity.line(), self_score)
 
 
-def _sensitivity(wrapper, images, sizes, top: int) -> tuple[float, float]:
+def _sensitivity(wrapper, images, valid, sizes, top: int) -> tuple[float, float]:
     """Largest change of PyTorch's `top` detections (box px, score, position by position) when the input
     moves by 1e-6 or 1e-5 Gaussian noise."""
     box = score = 0.0
     with torch.no_grad():
-        ref_boxes, ref_scores, _ = wrapper(images, sizes)
+        ref_boxes, ref_scores, _ = wrapper(images, valid, sizes)
         for eps in (1e-6, 1e-5):
             noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(2))
-            boxes, scores, _ = wrapper(images + eps * noise, sizes)
+            boxes, scores, _ = wrapper(images + eps * noise, valid, sizes)
             box = max(box, float((boxes[:, :top] - ref_boxes[:, :top]).abs().max()))
             score = max(score, float((scores[:, :top] - ref_scores[:, :top]).abs().max()))
     return box, score

@@ -11,7 +11,8 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="COCO bbox metrics of a checkpoint on a dataset split",
                        description="Evaluate a checkpoint (run folder, .pt or .safetensors) with the standard "
                                    "COCO metrics (pycocotools); detections are never thresholded.")
-    p.add_argument("--checkpoint", required=True, type=Path, help="run folder, .pt checkpoint or .safetensors")
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="run folder, .pt checkpoint, .safetensors or an exported .onnx (run with onnxruntime)")
     p.add_argument("--data", required=True, type=Path, help="dataset root")
     p.add_argument("--split", default=None, help="split to evaluate (default: the config's data.val_split)")
     p.add_argument("--out", type=Path, help="write metrics JSON here")
@@ -48,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.loading import load_model
     from ..engine.report import AP_KEYS, atomic_write_json
     from ..engine.sampler import SeededDataset
+    from ..export.onnx_runner import is_onnx, load_onnx
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg = load_model(args.checkpoint, device, prefer_ema=not args.raw)
+    model, cfg = (load_onnx(args.checkpoint) if is_onnx(args.checkpoint)
+                  else load_model(args.checkpoint, device, prefer_ema=not args.raw))
     split = args.split or cfg.data.val_split
     dataset = CocoDetection(args.data, split, source=split_source(args.data, split, cfg.data))
     if cfg.model.category_ids and set(cfg.model.category_ids) - set(dataset.category_ids):

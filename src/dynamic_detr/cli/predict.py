@@ -27,7 +27,8 @@ def register(sub) -> None:
                                    "copies could overwrite them): that is refused.")
     p.add_argument("inputs", nargs="+", metavar="SOURCE",
                    help="image, folder, quoted glob, http(s) URL, video file or webcam index")
-    p.add_argument("--checkpoint", required=True, type=Path, help="run folder, .pt checkpoint or .safetensors")
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="run folder, .pt checkpoint, .safetensors or an exported .onnx (run with onnxruntime)")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder (created if needed; must not hold any input)")
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing and JSON")
@@ -70,12 +71,13 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.loading import load_model
     from ..engine.predictor import Predictor, check_output_folder
     from ..engine.progress import progress
+    from ..export.onnx_runner import is_onnx, load_onnx
 
     sources = resolve_sources(args.inputs, args.out)  # paths only; a video without PyAV stops here
     check_output_folder(sources.local_files(), args.out, nested=True)  # before loading the model: refuse early
     _refuse_empty(sources.missing, bool(sources.sources))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg = load_model(args.checkpoint, device)
+    model, cfg = load_onnx(args.checkpoint) if is_onnx(args.checkpoint) else load_model(args.checkpoint, device)
     args.out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(model, cfg, device)
     items = progress(iter_items(sources.sources), "predict", sources.total, unit="img")

@@ -82,8 +82,9 @@ class DynamicDETR(nn.Module):
              "dense" (`DenseHead.forward`); in training mode, with their switches on, "hybrid_stages" (the
              one-to-many queries) and "dn_stages" + "dn" (the denoising queries, `noised_queries`).
         """
-        # padding-aware pooling only where there is padding (never in a traced graph: whole images)
-        padded = masks is not None and not torch.jit.is_tracing() and bool(masks.any())
+        # padding-aware pooling only where there is padding; in a traced graph (the letterboxed ONNX export)
+        # whenever masks are given, since the padding is only known when the graph runs
+        padded = masks is not None and (torch.jit.is_tracing() or bool(masks.any()))
         if masks is None:
             masks = images.new_zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
         # normalise, then zero the padding again: padded pixels are the mean colour, as when padding after

@@ -7,7 +7,9 @@ masks below, every pooled statistic is taken over the image's own region, and pa
 between blocks, as a conv's zero padding sees an image alone. What remains is the conv stack's border
 effect in the backbone (padded activations near the image's bottom / right edge), which is small.
 
-With `valid` None (a batch without padding, and the exported ONNX graph) every function is the plain op.
+With `valid` None (a batch without padding) every function is the plain op. The exported ONNX graph takes
+letterboxed images (padded bottom / right to its fixed size) with their valid sizes and runs these functions,
+so that it computes what PyTorch eval computes on the same image.
 """
 
 from __future__ import annotations
