@@ -111,3 +111,17 @@ def nonfinite_tensors(obj: Any, where: str = "") -> list[str]:
     if isinstance(obj, list | tuple):
         return [p for i, v in enumerate(obj) for p in nonfinite_tensors(v, f"{where}[{i}]")]
     return []
+
+
+def save_untrained_tiny(out: Path) -> Path:
+    """An untrained cpu_tiny model (2 classes, category ids 3 and 7) saved as a model folder at `out`: for tests
+    of what `predict` writes, not of what it finds."""
+    from dynamic_detr.model import DynamicDETR
+
+    cfg = get_preset("cpu_tiny")
+    cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names = 2, [3, 7], ["square", "disc"]
+    torch.manual_seed(0)
+    model = DynamicDETR(cfg.model)
+    model.run_config = cfg
+    model.save_pretrained(out)
+    return out

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_helpers import save_untrained_tiny
 from PIL import Image
 
 from dynamic_detr.cli.main import main
-from dynamic_detr.config import get_preset
 from dynamic_detr.engine.predictor import Predictor
 from dynamic_detr.errors import UserError
-from dynamic_detr.model import DynamicDETR
 
 hypothesis = pytest.importorskip("hypothesis")  # the dev extra: without it this module is skipped
 st = pytest.importorskip("hypothesis.strategies")
@@ -37,14 +36,7 @@ MAX_EXTRA_RSS_MB = 400
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    cfg = get_preset("cpu_tiny")
-    cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names = 2, [3, 7], ["square", "disc"]
-    torch.manual_seed(0)
-    model = DynamicDETR(cfg.model)
-    model.run_config = cfg
-    out = tmp_path_factory.mktemp("model") / "m"
-    model.save_pretrained(out)
-    return out
+    return save_untrained_tiny(tmp_path_factory.mktemp("model") / "m")
 
 
 @pytest.fixture(scope="module")

@@ -8,26 +8,17 @@ import sys
 
 import pytest
 import torch
-from engine_helpers import make_easy_dataset
+from engine_helpers import make_easy_dataset, save_untrained_tiny
 
 from dynamic_detr.cli.main import main
-from dynamic_detr.config import get_preset
 from dynamic_detr.data.sources import resolve_sources
-from dynamic_detr.model import DynamicDETR
 from media_helpers import png_bytes, write_video
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """An untrained cpu_tiny model (2 classes) saved as a model folder: what is written, not what is found."""
-    cfg = get_preset("cpu_tiny")
-    cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names = 2, [3, 7], ["square", "disc"]
-    torch.manual_seed(0)
-    model = DynamicDETR(cfg.model)
-    model.run_config = cfg
-    out = tmp_path_factory.mktemp("model") / "m"
-    model.save_pretrained(out)
-    return out
+    return save_untrained_tiny(tmp_path_factory.mktemp("model") / "m")
 
 
 def _predict(model_dir, out, *sources) -> int:
