@@ -26,6 +26,28 @@ def test_paper_preset_matches_paper():
     assert (t.epochs, t.lr, t.lr_backbone, t.weight_decay, t.lr_drop_epochs) == (12, 1e-4, 1e-5, 1e-4, [11])
 
 
+def test_demo_preset_is_cpu_small_with_the_measured_cuts():
+    """cpu_demo (what `make demo` trains) is cpu_small minus the encoder, with a lighter dense head and decoder,
+    and training scales that never enlarge the demo's images (so a batch pads to their size, not above)."""
+    from dynamic_detr.cli.demo import DEMO_IMAGE_SIZE, DEMO_PRESET
+
+    demo, small = get_preset(DEMO_PRESET), get_preset("cpu_small")
+    assert DEMO_PRESET == "cpu_demo"
+    m = demo.model
+    assert (m.encoder.enabled, m.dense.num_convs, m.decoder.num_stages, m.decoder.num_queries) == (False, 1, 3, 30)
+    d = demo.data
+    assert max(d.train_short_sides) < DEMO_IMAGE_SIZE and d.train_max_size == DEMO_IMAGE_SIZE
+    assert max(d.crop_resize_sides) < DEMO_IMAGE_SIZE
+    # everything else is cpu_small's
+    for cfg in (demo, small):
+        cfg.name = ""
+        cfg.model.encoder.enabled = False
+        cfg.model.dense.num_convs = cfg.model.decoder.num_stages = cfg.model.decoder.num_queries = 0
+        cfg.data.train_short_sides = cfg.data.crop_resize_sides = []
+        cfg.data.train_max_size = 0
+    assert demo == small
+
+
 def test_presets_are_fresh_copies():
     a = get_preset("cpu_small")
     a.train.lr = 1.0

@@ -26,6 +26,7 @@ def check_outputs(out: dict, batch: int, queries: int, width: int, stages: int) 
     ("cpu_tiny", [(97, 131), (64, 100)]),  # odd sizes, padded batch with different valid sizes
     ("cpu_tiny", [(100, 150), (100, 150)]),  # not multiples of 32
     ("cpu_small", [(97, 131), (120, 90)]),
+    ("cpu_demo", [(97, 131), (120, 90)]),
     ("paper_r50", [(128, 160)]),
     ("paper_r50", [(97, 131), (70, 131)]),
 ])

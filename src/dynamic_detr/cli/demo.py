@@ -1,6 +1,6 @@
 """`dynamic-detr demo`: everything end to end on the synthetic dataset.
 
-Generates the dataset if missing (and checks it), trains `cpu_small` within a time budget, evaluates with
+Generates the dataset if missing (and checks it), trains `cpu_demo` within a time budget, evaluates with
 the COCO metrics, draws predictions on validation images, and prints where everything is.
 """
 
@@ -15,22 +15,23 @@ DEMO_VAL_IMAGES = 200
 DEMO_IMAGE_SIZE = 256
 """Long side of the demo's images: cpu_small's data section is sized for it; 58% of the objects are
 COCO-small (area < 32^2) at this size."""
-DEMO_OVERRIDES = ["train.eval_every=1000", "model.encoder.enabled=false"]
+DEMO_PRESET = "cpu_demo"
+"""The demo trains `cpu_demo`: cpu_small without the dynamic encoder and with a lighter dense head and decoder,
+the cuts that pay in a budget of minutes (config.py says what each measured). `dynamic-detr demo --preset
+cpu_small` trains the whole model, encoder included."""
+DEMO_OVERRIDES = ["train.eval_every=1000"]
 """Evaluate once, at the end of the budget: every evaluation of the 200 val images during the run would be
-time taken from training. And the dynamic encoder off: it costs x1.41 per training step, and in a budget of
-minutes that is more than it gives (5-minute runs on the demo task: 10.6 AP without it, 5.8 with it; at equal
-epochs over 20 epochs it is level or just ahead: docs/benchmarks.md). `dynamic-detr demo
-model.encoder.enabled=true` trains the whole model."""
+time taken from training."""
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic data -> train cpu_small -> evaluate -> draw, end to end",
+    p = sub.add_parser("demo", help="synthetic data -> train cpu_demo -> evaluate -> draw, end to end",
                        description="End to end on the synthetic shapes dataset. --minutes is the whole "
                                    "budget: training gets what the data generation and evaluation leave.")
     p.add_argument("--minutes", type=float, default=10.0, help="total time budget (default: 10)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo folder (default: runs/demo)")
     p.add_argument("--data", type=Path, help="dataset folder (default: OUT/data, generated if missing)")
-    p.add_argument("--preset", default="cpu_small", help="preset to train (default: cpu_small)")
+    p.add_argument("--preset", default=DEMO_PRESET, help=f"preset to train (default: {DEMO_PRESET})")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=run)

@@ -270,7 +270,7 @@ class Trainer:
                                       cfg.model.dense.center_radius)
         t = cfg.train
         groups = param_groups(model, t)
-        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = adamw(groups, t.lr, t.weight_decay, self.device)
         drop_at = [e / t.epochs for e in t.lr_drop_epochs if 0 < e < t.epochs]
         self.schedule = WarmupStepSchedule([g["lr"] for g in groups], t.warmup_iters, t.warmup_factor, drop_at,
                                            t.lr_gamma)
@@ -648,6 +648,15 @@ class Trainer:
             print(f"warning: error analysis failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             return
         print(f"error analysis (PR curves, confusion matrix, error breakdown): {self.out / 'plots'}", flush=True)
+
+
+def adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `groups`, with PyTorch's fused kernel where it has one (CPU and CUDA, floating parameters):
+    the same update as the default for-loop one (tests/engine/test_optimizer.py) at a third of its time on a
+    cpu_small step (63 -> 19 ms on 2 cores, benchmarks/results/profile)."""
+    params = [p for g in groups for p in g["params"]]
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def param_groups(model: torch.nn.Module, t: Any) -> list[dict[str, Any]]:
