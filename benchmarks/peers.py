@@ -37,7 +37,7 @@ from torchvision.ops import box_convert
 from dynamic_detr.config import RECIPE, Config, apply_overrides, recipe_rung
 from dynamic_detr.data.collate import Batch
 from dynamic_detr.engine.inference import autocast
-from dynamic_detr.engine.trainer import float32_outputs, param_groups
+from dynamic_detr.engine.trainer import adamw, float32_outputs, param_groups
 from dynamic_detr.model import DynamicDETR
 from dynamic_detr.model.detector import IMAGENET_MEAN, IMAGENET_STD, top_k_detections
 from dynamic_detr.objective.criterion import SetCriterion
@@ -141,7 +141,7 @@ def _ours(name: str, cfg: Config, num_classes: int) -> Contender:
     model = DynamicDETR(cfg.model)
     criterion = SetCriterion(num_classes, cfg.loss, cfg.model.class_loss, cfg.model.dense.center_radius)
     t = cfg.train
-    opt = torch.optim.AdamW(param_groups(model, t), lr=t.lr, weight_decay=t.weight_decay)
+    opt = adamw(param_groups(model, t), t.lr, t.weight_decay, next(model.parameters()).device)  # the trainer's
 
     def loss(batch: Batch) -> Tensor:
         with autocast(batch.images.device, t.amp):
