@@ -72,17 +72,18 @@ def test_multilevel_roi_align_matches_per_box_reference():
         torch.testing.assert_close(pooled[i], ref[0])
 
 
-@pytest.mark.parametrize("h,w", [(200, 260), (97, 131)])  # 97x131: P7 is 1x2
-def test_roi_align_bags_equals_torchvision(h, w):
+@pytest.mark.parametrize("h,w,batch", [(200, 260, 3), (97, 131, 3), (200, 260, 1)])  # 97x131: P7 is 1x2
+def test_roi_align_bags_equals_torchvision(h, w, batch):
     """The embedding_bag kernel (CPU default) gives torchvision's values and feature gradients, for boxes inside,
-    across and beyond the image border, on several levels, and for zero-size boxes."""
-    feats = [f.requires_grad_() for f in features(h, w, 8, batch=3)]
+    across and beyond the image border, on several levels, and for zero-size boxes; at batch 1 too, where the
+    kernel's table is a contiguous copy of what would otherwise be a column-major view."""
+    feats = [f.requires_grad_() for f in features(h, w, 8, batch=batch)]
     g = torch.Generator().manual_seed(2)
     n = 120
     xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 1.2, h * 1.2]) - 20
     wh = torch.exp(torch.rand(n, 1, generator=g) * math.log(2500.0)) * (0.5 + torch.rand(n, 2, generator=g))
     wh[:3] = 0.0
-    rois = torch.cat([torch.randint(0, 3, (n, 1), generator=g).float(), xy, xy + wh], dim=1)
+    rois = torch.cat([torch.randint(0, batch, (n, 1), generator=g).float(), xy, xy + wh], dim=1)
     outs, grads = [], []
     for impl in ("torchvision", "bags"):
         pooled = MultiLevelRoIAlign(STRIDES, 7, impl=impl)(feats, rois)

@@ -91,7 +91,9 @@ def roi_align_bags(feats: list[Tensor], strides: tuple[int, ...], rois: Tensor, 
     dev = rois.device
     sizes = [f.shape[-2:] for f in feats]
     counts = [int(h) * int(w) for h, w in sizes]
-    table = torch.cat([f.float().flatten(2) for f in feats], dim=2).transpose(1, 2).reshape(-1, c)  # [B*T, C]
+    # [B*T, C], row-major: with B = 1 the reshape is a column-major view, over which embedding_bag is ~4x slower
+    # (50 RoIs of cpu_small: 5.8 ms against 1.5 a stage, paid at every stage of a batch-1 inference)
+    table = torch.cat([f.float().flatten(2) for f in feats], dim=2).transpose(1, 2).reshape(-1, c).contiguous()
     h = torch.tensor([float(hw[0]) for hw in sizes], device=dev)[level]  # [N]
     w = torch.tensor([float(hw[1]) for hw in sizes], device=dev)[level]
     start = torch.tensor([0, *counts[:-1]], device=dev).cumsum(0)[level]
