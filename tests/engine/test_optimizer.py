@@ -50,7 +50,8 @@ def test_adamw_falls_back_where_no_fused_kernel_exists():
     assert not opt.defaults["fused"]
 
 
-def test_the_trainer_steps_with_the_fused_adamw(tmp_path):
+def test_the_trainer_builds_the_fused_adamw(tmp_path):
+    """The trainer's optimizer is `adamw`'s fused one, over `param_groups`' groups."""
     data = make_easy_dataset(tmp_path / "data", {"train": 4, "val": 2})
     trainer = Trainer(tiny_config(batch_size=2), data, tmp_path / "run", epochs=1, progress=False, device="cpu")
     assert trainer.optimizer.defaults["fused"]
