@@ -28,13 +28,15 @@ def test_paper_preset_matches_paper():
 
 def test_demo_preset_is_cpu_small_with_the_measured_cuts():
     """cpu_demo (what `make demo` trains) is cpu_small minus the encoder, with a lighter dense head and decoder,
-    and training scales that never enlarge the demo's images (so a batch pads to their size, not above)."""
+    distinct queries and training scales that never enlarge the demo's images (so a batch pads to their size,
+    not above)."""
     from dynamic_detr.cli.demo import DEMO_IMAGE_SIZE, DEMO_PRESET
 
     demo, small = get_preset(DEMO_PRESET), get_preset("cpu_small")
     assert DEMO_PRESET == "cpu_demo"
     m = demo.model
     assert (m.encoder.enabled, m.dense.num_convs, m.decoder.num_stages, m.decoder.num_queries) == (False, 1, 3, 30)
+    assert m.decoder.query_nms == 0.7 and m.decoder.query_selection == "boxes"  # distinct queries
     d = demo.data
     assert max(d.train_short_sides) < DEMO_IMAGE_SIZE and d.train_max_size == DEMO_IMAGE_SIZE
     assert max(d.crop_resize_sides) < DEMO_IMAGE_SIZE
@@ -43,6 +45,7 @@ def test_demo_preset_is_cpu_small_with_the_measured_cuts():
         cfg.name = ""
         cfg.model.encoder.enabled = False
         cfg.model.dense.num_convs = cfg.model.decoder.num_stages = cfg.model.decoder.num_queries = 0
+        cfg.model.decoder.query_nms = 0.0
         cfg.data.train_short_sides = cfg.data.crop_resize_sides = []
         cfg.data.train_max_size = 0
     assert demo == small
@@ -82,6 +85,10 @@ def test_overrides_typed_and_validated():
         apply_overrides(cfg, ["model.class_loss=hinge"])
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides(cfg, ["train.lr"])
+    with pytest.raises(ConfigError, match=r"query_nms needs model\.decoder\.query_selection"):
+        apply_overrides(cfg, ["model.decoder.query_nms=0.7"])  # cpu_tiny has no query selection
+    with pytest.raises(ConfigError, match=r"query_nms must be in \[0, 1\]"):
+        apply_overrides(get_preset("cpu_small"), ["model.decoder.query_nms=1.5"])
 
 
 def test_unknown_preset():

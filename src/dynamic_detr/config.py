@@ -108,6 +108,13 @@ class DecoderConfig:
     "boxes": the dense head's top-K boxes of each image, with learned content (DINO's mixed query
     selection); "boxes+content": also the content, from the encoder feature at each selected position
     (two-stage Deformable DETR, RT-DETR). Needs `model.dense.enabled`. Not in the paper."""
+    query_nms: float = 0.0
+    """Distinct queries (DDQ, Zhang et al. 2023), with query selection: the K initial boxes are chosen after a
+    class-agnostic NMS at this IoU over the dense head's top 4K (`model.dense_head.select_queries`), so
+    that the queries start on distinct objects instead of K near-copies of the few best boxes, and the
+    one-to-one matching no longer has to teach the decoder to suppress them. 0 = off (plain top-K). DDQ uses
+    0.7 for its R-CNN / FCN (our decoder is R-CNN-like) and 0.8 for DDQ DETR. Training and inference; a few
+    ms. Not in the paper."""
     num_hybrid_queries: int = 0
     """H-DETR's hybrid branch, training only: this many extra queries (the dense head's next top-K boxes
     with query selection, else learned) matched one-to-many (each target repeated `loss.hybrid_k` times),
@@ -316,6 +323,9 @@ class Config:
              "model.decoder.query_selection must be none|boxes|boxes+content"),
             (m.decoder.query_selection == "none" or m.dense.enabled,
              "model.decoder.query_selection needs model.dense.enabled=true"),
+            (0.0 <= m.decoder.query_nms <= 1.0, "model.decoder.query_nms must be in [0, 1] (0 = off)"),
+            (m.decoder.query_nms == 0.0 or m.decoder.query_selection != "none",
+             "model.decoder.query_nms needs model.decoder.query_selection=boxes or boxes+content"),
             (m.decoder.num_hybrid_queries >= 0 and m.decoder.dn_queries >= 0,
              "model.decoder.num_hybrid_queries / dn_queries must be >= 0"),
             (self.loss.hybrid_k >= 1, "loss.hybrid_k must be >= 1"),
@@ -475,7 +485,7 @@ RECIPE: list[tuple[str, list[str]]] = [
                "model.decoder.roi_canonical_size"]),
     ("dense_head", ["model.dense.enabled", "model.dense.num_convs", "model.dense.center_radius",
                     "loss.dense_weight"]),
-    ("query_selection", ["model.decoder.query_selection"]),
+    ("query_selection", ["model.decoder.query_selection", "model.decoder.query_nms"]),
     ("one_to_many", ["model.decoder.num_hybrid_queries", "loss.hybrid_k", "loss.hybrid_weight"]),
     ("denoising", ["model.decoder.dn_queries", "model.decoder.dn_box_noise", "model.decoder.dn_label_noise",
                    "loss.dn_weight"]),
@@ -580,9 +590,10 @@ def _cpu_demo() -> Config:
     from random weights, where AP grows with the number of updates (docs/recipe.md, "The demo on a CPU without
     bf16"): the dynamic encoder off (x1.41 per step; 5-minute runs 10.6 AP without it, 5.9 with), one conv per
     dense-head tower instead of two, 3 decoder stages of 30 queries instead of 6 of 50 (the demo's images have
-    at most 8 objects) and training scales that never enlarge its 256 px images (so batches pad to 256, not 288).
-    Measured on a 2-core AVX2 CPU in float32 (10-minute `make demo`): cpu_small with the encoder off 13.6 AP
-    (371 steps of 1.45 s), this preset 26.8 (621 steps of 0.87 s). `cpu_small` keeps the paper's architecture."""
+    at most 8 objects), training scales that never enlarge its 256 px images (so batches pad to 256, not 288),
+    and distinct queries (`decoder.query_nms`, DDQ). Measured on a 2-core AVX2 CPU in float32 (10-minute
+    `make demo`): cpu_small with the encoder off 13.6 AP (371 steps of 1.45 s), the cuts 26.8 (621 steps of
+    0.87 s), with distinct queries 43.8 (~570 steps of 0.96 s). `cpu_small` keeps the paper's architecture."""
     cfg = _cpu_small()
     cfg.name = "cpu_demo"
     m = cfg.model
@@ -590,6 +601,9 @@ def _cpu_demo() -> Config:
     m.dense.num_convs = 1
     m.decoder.num_stages = 3
     m.decoder.num_queries = 30
+    # distinct queries (DDQ): the error breakdown of `eval --plots` put duplicates at 18.7 AP50 lost without
+    # them (of 39.6 for all false positives), 0.7 with them; 10-minute demo 26.8 -> 43.8 AP
+    m.decoder.query_nms = 0.7
     d = cfg.data
     d.train_short_sides = [192, 224, 255]
     d.train_max_size = 256

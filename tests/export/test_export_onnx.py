@@ -229,7 +229,7 @@ def test_native_export_refuses_old_opset(model, tmp_path):
 # cpu_tiny / cpu_small cover it; paper_r50-portable cost 103 s of CI on a 2-core AVX2 CPU
 @pytest.mark.parametrize(("preset", "mode"), [("cpu_tiny", "native"), ("cpu_tiny", "portable"),
                                               ("cpu_small", "native"), ("cpu_small", "portable"),
-                                              ("paper_r50", "native")])
+                                              ("cpu_demo", "native"), ("paper_r50", "native")])
 def test_every_preset_exports_with_parity(preset, mode, tmp_path):
     """Each preset at its default export size (paper_r50 at a reduced 320x416 to keep CI short), random weights
     with the zero-initialised layers perturbed so that every layer matters."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from model_helpers import padded_batch, tiny_cfg
+from torchvision.ops import box_iou, nms
 
-from dynamic_detr.model.dense_head import DenseHead, dense_boxes, level_points, select_queries
+from dynamic_detr.model.dense_head import DenseHead, dense_boxes, distinct_first, level_points, select_queries
 from dynamic_detr.model.detector import DynamicDETR
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -54,11 +56,63 @@ def test_select_queries_takes_top_scores_inside_the_valid_region():
     torch.testing.assert_close(boxes[0, 0], torch.tensor([0.75, 0.75, 0.25, 0.25]))
 
 
-def test_query_selection_feeds_the_decoder_dense_boxes():
+def _random_boxes(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 60
+    wh = 8 + torch.rand(n, 2, generator=g) * 20
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_distinct_first_keeps_distinct_boxes_and_a_subset_of_greedy_nms(seed):
+    boxes = _random_boxes(60, seed)  # sorted best first: scores 1, 1 - 1/60, ...
+    scores = torch.linspace(1, 0.1, 60)
+    keep = distinct_first(boxes[None], 0.5)[0]
+    greedy = set(nms(boxes, scores, 0.5).tolist())
+    kept = keep.nonzero().flatten().tolist()
+    assert kept and set(kept) <= greedy and 0 in kept  # the best box always stays
+    iou = box_iou(boxes[kept], boxes[kept]).fill_diagonal_(0)
+    assert iou.max() <= 0.5  # no two kept boxes overlap by more than the threshold
+    for i in set(range(60)) - set(kept):  # every dropped box overlaps a better one
+        assert box_iou(boxes[i:i + 1], boxes[:i]).max() > 0.5
+
+
+def test_distinct_first_equals_greedy_nms_without_chains():
+    # two clusters far apart, each of a best box and shifted copies: no dropped box drops another
+    base = torch.tensor([[0.0, 0.0, 20.0, 20.0], [100.0, 100.0, 130.0, 120.0]])
+    boxes = torch.cat([base, base + 1, base + 2, torch.tensor([[40.0, 40.0, 50.0, 50.0]])])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    keep = distinct_first(boxes[None], 0.5)[0]  # each copy overlaps its cluster's best box by > 0.5
+    assert keep.nonzero().flatten().tolist() == sorted(nms(boxes, scores, 0.5).tolist()) == [0, 1, 6]
+
+
+def _dense_with_duplicates() -> dict[str, torch.Tensor]:
+    """Four P3 locations: 0, 1 and 2 hold near-copies of one box (scores 9, 8, 7), 3 a distinct box (score 5)."""
+    points = torch.tensor([[20.0, 20.0], [21.0, 20.0], [20.0, 21.0], [60.0, 60.0]])
+    logits = torch.full((1, 4, 2), -9.0)
+    logits[0, :, 0] = torch.tensor([9.0, 8.0, 7.0, 5.0])
+    return {"points": points, "stride": torch.full((4,), 8.0), "logits": logits,
+            "ltrb": torch.full((1, 4, 4), 10.0), "centerness": torch.full((1, 4), 5.0)}
+
+
+def test_select_queries_with_nms_puts_distinct_boxes_first():
+    dense, valid = _dense_with_duplicates(), torch.tensor([[80.0, 80.0]])
+    assert select_queries(dense, valid, k=2)[1][0].tolist() == [0, 1]  # plain top-k: two copies
+    boxes, idx = select_queries(dense, valid, k=3, nms=0.7)
+    assert idx[0].tolist() == [0, 3, 1]  # the distinct box before the copies, then the best copy
+    torch.testing.assert_close(boxes[0, 1], torch.tensor([0.75, 0.75, 0.25, 0.25]))  # (50, 50, 70, 70) / 80
+    # the hybrid branch's boxes (after k_distinct) are the plain top ones, as DDQ's one-to-many queries
+    assert select_queries(dense, valid, k=4, nms=0.7, k_distinct=2)[1][0].tolist() == [0, 3, 0, 1]
+
+
+@pytest.mark.parametrize("query_nms", [0.0, 0.5])
+def test_query_selection_feeds_the_decoder_dense_boxes(query_nms):
     torch.manual_seed(0)
-    cfg = tiny_cfg(query_selection="boxes", num_stages=1)
+    cfg = tiny_cfg(query_selection="boxes", num_stages=1, query_nms=query_nms)
     cfg.dense.enabled = True
     model = DynamicDETR(cfg).eval()
+    with torch.no_grad():  # boxes of ~3 strides a side, so that neighbouring locations' boxes overlap
+        model.dense_head.box_ltrb.bias.fill_(3.0)
     images, masks = padded_batch([(64, 96), (64, 64)])
     seen = {}
 
@@ -67,8 +121,10 @@ def test_query_selection_feeds_the_decoder_dense_boxes():
 
     model.decoder.stages[0].register_forward_pre_hook(grab)
     out = model(images, masks)
-    expected, _ = select_queries(out["dense"], out["valid_hw"], cfg.decoder.num_queries)
+    expected, _ = select_queries(out["dense"], out["valid_hw"], cfg.decoder.num_queries, nms=query_nms)
     torch.testing.assert_close(seen["boxes"], expected)
+    plain, _ = select_queries(out["dense"], out["valid_hw"], cfg.decoder.num_queries)
+    assert torch.equal(expected, plain) == (query_nms == 0)  # the NMS changed the selection
     assert not torch.allclose(seen["boxes"], torch.tensor([0.5, 0.5, 1.0, 1.0]).expand_as(expected))
 
 

@@ -95,7 +95,23 @@ def dense_scores(dense: dict[str, Tensor]) -> Tensor:
     return (dense["logits"].sigmoid().amax(-1) * dense["centerness"].sigmoid()).sqrt()
 
 
-def select_queries(dense: dict[str, Tensor], valid_hw: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def distinct_first(boxes: Tensor, iou_threshold: float) -> Tensor:
+    """Class-agnostic Fast NMS (Bolya et al., YOLACT 2019) over boxes sorted best first: [B, M, 4] xyxy ->
+    [B, M] bool, True where no better box overlaps this one by more than `iou_threshold`. Unlike greedy NMS
+    a box is also dropped by a better box that was itself dropped, so it keeps a subset of what
+    `torchvision.ops.nms` keeps; in exchange every shape is fixed and nothing loops over the batch (the ONNX
+    graph keeps its batch free)."""
+    lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)  # [B, M, M]
+    area = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)
+    iou = inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1e-6)
+    better = torch.ones_like(iou[0], dtype=torch.bool).triu(1)  # [j, i]: j ranks above i
+    return ~((iou > iou_threshold) & better).any(dim=1)
+
+
+def select_queries(dense: dict[str, Tensor], valid_hw: Tensor, k: int, nms: float = 0.0,
+                   k_distinct: int | None = None) -> tuple[Tensor, Tensor]:
     """Query selection (two-stage Deformable DETR, DINO, RT-DETR): each image's top-k dense boxes by score,
     among the locations inside its unpadded region.
 
@@ -103,6 +119,11 @@ def select_queries(dense: dict[str, Tensor], valid_hw: Tensor, k: int) -> tuple[
         dense: `DenseHead` output.
         valid_hw: [B, 2] (h, w) pixels of each image's unpadded region.
         k: boxes per image, best first (with the hybrid branch: K matching + H one-to-many queries).
+        nms: distinct queries (DDQ, Zhang et al. 2023): when > 0, the first `k_distinct` boxes are chosen
+            among the top 4 x k_distinct with a class-agnostic NMS at this IoU (`distinct_first`): the boxes
+            no better box overlaps come first, by score, then the overlapped ones, by score. 0: plain top-k.
+        k_distinct: how many of the k come from the NMS (default all; the hybrid branch's boxes after them
+            are the plain top ones, as DDQ keeps its one-to-many queries).
     Returns:
         boxes [B, k, 4] cxcywh normalised by the valid size (detached, at least one pixel wide), and the
         selected location indices [B, k] (into N).
@@ -112,10 +133,19 @@ def select_queries(dense: dict[str, Tensor], valid_hw: Tensor, k: int) -> tuple[
     inside = (p[None, :, 0] < valid_hw[:, None, 1]) & (p[None, :, 1] < valid_hw[:, None, 0])  # [B, N]
     scores = scores.masked_fill(~inside, -1.0)
     n = scores.shape[1]
+    all_xyxy = dense_boxes(dense).detach()
     idx = scores.topk(min(k, n), dim=1).indices
+    kd = k if k_distinct is None else min(k_distinct, k)
+    if nms > 0 and kd > 0:
+        top, cand = scores.topk(min(4 * kd, n), dim=1)  # [B, M], best first
+        keep = distinct_first(all_xyxy.gather(1, cand[..., None].expand(-1, -1, 4)), nms)
+        # the distinct boxes rank above every overlapped one (scores are in [-1, 1]), each group by score
+        order = (top + 3.0 * keep).topk(min(kd, cand.shape[1]), dim=1).indices
+        distinct = cand.gather(1, order)
+        idx = torch.cat([distinct, idx[:, :k - kd]], dim=1) if kd < k else distinct
     if idx.shape[1] < k:  # fewer locations than queries (a tiny input): repeat the best ones
         idx = idx.repeat(1, math.ceil(k / max(idx.shape[1], 1)))[:, :k]
-    xyxy = dense_boxes(dense).detach().gather(1, idx[..., None].expand(-1, -1, 4))
+    xyxy = all_xyxy.gather(1, idx[..., None].expand(-1, -1, 4))
     wh = valid_hw.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] (w, h, w, h)
     xyxy = torch.minimum(xyxy.clamp(min=0), wh)
     cxcywh = box_convert(xyxy, "xyxy", "cxcywh")

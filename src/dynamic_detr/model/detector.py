@@ -135,7 +135,7 @@ class DynamicDETR(nn.Module):
             learned.append((self.hybrid_embed, self.hybrid_boxes))
         if dc.query_selection == "none" or dense is None:
             return [(e.weight[None].expand(b, -1, -1), bx.weight[None].expand(b, -1, -1)) for e, bx in learned]
-        boxes, idx = select_queries(dense, valid_hw, k + h)
+        boxes, idx = select_queries(dense, valid_hw, k + h, nms=dc.query_nms, k_distinct=k)
         if dc.query_selection == "boxes+content":
             flat = torch.cat([f.flatten(2) for f in feats], dim=2).transpose(1, 2)  # [B, N, d]
             picked = flat.gather(1, idx[..., None].expand(-1, -1, flat.shape[-1])).detach()
