@@ -45,7 +45,8 @@ from dynamic_detr.objective.criterion import SetCriterion
 LADDER = ("faithful", *(name for name, _ in RECIPE[:-1]), "dynamic_detr")
 """The convergence recipe one step at a time (config.RECIPE): the paper's model at the preset's size, then
 each step added to the previous rung; the last rung, `dynamic_detr`, is the preset itself."""
-RUNG_FALLBACK = {"one_to_many": ["model.decoder.num_hybrid_queries=25", "loss.hybrid_k=2"],
+RUNG_FALLBACK = {"distinct_queries": ["model.decoder.query_nms=0.7"],
+                 "one_to_many": ["model.decoder.num_hybrid_queries=25", "loss.hybrid_k=2"],
                  "denoising": ["model.decoder.dn_queries=20"]}
 """A ladder step that the preset leaves off (cpu_small: one-to-many and denoising cost AP at the demo's
 budget, docs/recipe.md) is measured with these settings on top of the previous rung, so that its row shows
@@ -59,6 +60,7 @@ LABELS = {
     "fixes": "+ start-up fixes",
     "dense_head": "+ dense auxiliary head",
     "query_selection": "+ query selection",
+    "distinct_queries": "+ distinct queries (NMS before top-K)",
     "one_to_many": "+ one-to-many (hybrid)",
     "denoising": "+ denoising queries",
     "dynamic_detr": "Dynamic DETR (ours: + IoU-aware = the preset)",

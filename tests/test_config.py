@@ -28,15 +28,14 @@ def test_paper_preset_matches_paper():
 
 def test_demo_preset_is_cpu_small_with_the_measured_cuts():
     """cpu_demo (what `make demo` trains) is cpu_small minus the encoder, with a lighter dense head and decoder,
-    distinct queries and training scales that never enlarge the demo's images (so a batch pads to their size,
-    not above)."""
+    and training scales that never enlarge the demo's images (so a batch pads to their size, not above)."""
     from dynamic_detr.cli.demo import DEMO_IMAGE_SIZE, DEMO_PRESET
 
     demo, small = get_preset(DEMO_PRESET), get_preset("cpu_small")
     assert DEMO_PRESET == "cpu_demo"
     m = demo.model
     assert (m.encoder.enabled, m.dense.num_convs, m.decoder.num_stages, m.decoder.num_queries) == (False, 1, 3, 30)
-    assert m.decoder.query_nms == 0.7 and m.decoder.query_selection == "boxes"  # distinct queries
+    assert m.decoder.query_nms == 0.7 and m.decoder.query_selection == "boxes"  # distinct queries, as cpu_small
     d = demo.data
     assert max(d.train_short_sides) < DEMO_IMAGE_SIZE and d.train_max_size == DEMO_IMAGE_SIZE
     assert max(d.crop_resize_sides) < DEMO_IMAGE_SIZE
@@ -45,7 +44,6 @@ def test_demo_preset_is_cpu_small_with_the_measured_cuts():
         cfg.name = ""
         cfg.model.encoder.enabled = False
         cfg.model.dense.num_convs = cfg.model.decoder.num_stages = cfg.model.decoder.num_queries = 0
-        cfg.model.decoder.query_nms = 0.0
         cfg.data.train_short_sides = cfg.data.crop_resize_sides = []
         cfg.data.train_max_size = 0
     assert demo == small

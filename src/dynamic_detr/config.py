@@ -485,7 +485,8 @@ RECIPE: list[tuple[str, list[str]]] = [
                "model.decoder.roi_canonical_size"]),
     ("dense_head", ["model.dense.enabled", "model.dense.num_convs", "model.dense.center_radius",
                     "loss.dense_weight"]),
-    ("query_selection", ["model.decoder.query_selection", "model.decoder.query_nms"]),
+    ("query_selection", ["model.decoder.query_selection"]),
+    ("distinct_queries", ["model.decoder.query_nms"]),
     ("one_to_many", ["model.decoder.num_hybrid_queries", "loss.hybrid_k", "loss.hybrid_weight"]),
     ("denoising", ["model.decoder.dn_queries", "model.decoder.dn_box_noise", "model.decoder.dn_label_noise",
                    "loss.dn_weight"]),
@@ -531,7 +532,8 @@ def _paper_r50() -> Config:
 def _recipe_r50() -> Config:
     """paper_r50 plus the convergence recipe (RECIPE, docs/benchmarks.md), for users with GPUs: the same model
     at inference (the dense head only picks the initial boxes); the settings follow the cited works at COCO
-    scale (FCOS / Co-DETR head of 4 convs, H-DETR's 6x one-to-many, DINO's 100 denoising queries)."""
+    scale (FCOS / Co-DETR head of 4 convs, DDQ R-CNN's distinct queries at NMS 0.7, H-DETR's 6x one-to-many,
+    DINO's 100 denoising queries)."""
     cfg = _paper_r50()
     cfg.name = "recipe_r50"
     m, t, loss = cfg.model, cfg.train, cfg.loss
@@ -540,6 +542,7 @@ def _recipe_r50() -> Config:
     m.dense.enabled = True
     m.dense.num_convs = 4
     m.decoder.query_selection = "boxes"
+    m.decoder.query_nms = 0.7
     m.decoder.num_hybrid_queries = 900
     loss.hybrid_k = 6
     m.decoder.dn_queries = 100
@@ -565,6 +568,9 @@ def _cpu_small() -> Config:
     m.encoder.residual = True
     m.dense.enabled = True
     m.decoder.query_selection = "boxes"
+    # distinct queries (DDQ), measured later on a 2-core AVX2 CPU in float32, 10-minute demo runs of this
+    # preset: 7.8 AP (288 steps) without, 10.3 (294 steps) with; cpu_demo 26.8 -> 43.8 (docs/recipe.md)
+    m.decoder.query_nms = 0.7
     cfg.loss.iou_aware = True
     d = cfg.data  # sized for 256 px images (the demo's); training at 160-224 measured 4.8 vs 5.8 AP
     d.train_short_sides = [192, 224, 256]
@@ -591,9 +597,11 @@ def _cpu_demo() -> Config:
     bf16"): the dynamic encoder off (x1.41 per step; 5-minute runs 10.6 AP without it, 5.9 with), one conv per
     dense-head tower instead of two, 3 decoder stages of 30 queries instead of 6 of 50 (the demo's images have
     at most 8 objects), training scales that never enlarge its 256 px images (so batches pad to 256, not 288),
-    and distinct queries (`decoder.query_nms`, DDQ). Measured on a 2-core AVX2 CPU in float32 (10-minute
-    `make demo`): cpu_small with the encoder off 13.6 AP (371 steps of 1.45 s), the cuts 26.8 (621 steps of
-    0.87 s), with distinct queries 43.8 (~570 steps of 0.96 s). `cpu_small` keeps the paper's architecture."""
+    and, from cpu_small, distinct queries (`decoder.query_nms`, DDQ: the error breakdown of `eval --plots` put
+    18.7 of the lost AP50 on duplicates without them, 0.7 with them). Measured on a 2-core AVX2 CPU in float32
+    (10-minute `make demo`): cpu_small with the encoder off 13.6 AP (371 steps of 1.45 s), the cuts 26.8 (621
+    steps of 0.87 s), with distinct queries 43.8 (577 steps; 40.2 from a fresh clone). `cpu_small` keeps the
+    paper's architecture."""
     cfg = _cpu_small()
     cfg.name = "cpu_demo"
     m = cfg.model
@@ -601,9 +609,6 @@ def _cpu_demo() -> Config:
     m.dense.num_convs = 1
     m.decoder.num_stages = 3
     m.decoder.num_queries = 30
-    # distinct queries (DDQ): the error breakdown of `eval --plots` put duplicates at 18.7 AP50 lost without
-    # them (of 39.6 for all false positives), 0.7 with them; 10-minute demo 26.8 -> 43.8 AP
-    m.decoder.query_nms = 0.7
     d = cfg.data
     d.train_short_sides = [192, 224, 255]
     d.train_max_size = 256

@@ -114,3 +114,16 @@ def test_fp32_contender_is_the_preset_in_float32(peers):
     assert preset.train.amp == "bf16" and fp32.train.amp == "none"
     fp32.train.amp = "bf16"
     assert fp32 == preset
+
+
+def test_every_rung_of_the_ladder_adds_something(peers):
+    """Each rung differs from the one before it, also where cpu_small leaves a step off (RUNG_FALLBACK turns it
+    on for its row), and the last rung is the preset itself."""
+    from dynamic_detr.config import get_preset
+
+    preset = get_preset("cpu_small")
+    rungs = [peers.ablation_config(name, preset) for name in peers.LADDER]
+    for name, before, after in zip(peers.LADDER[1:], rungs[:-1], rungs[1:], strict=True):
+        assert after != before, name
+    assert rungs[peers.LADDER.index("distinct_queries")].model.decoder.query_nms == 0.7
+    assert rungs[-1] == preset
