@@ -45,12 +45,14 @@ from dynamic_detr.objective.criterion import SetCriterion
 LADDER = ("faithful", *(name for name, _ in RECIPE[:-1]), "dynamic_detr")
 """The convergence recipe one step at a time (config.RECIPE): the paper's model at the preset's size, then
 each step added to the previous rung; the last rung, `dynamic_detr`, is the preset itself."""
-RUNG_FALLBACK = {"distinct_queries": ["model.decoder.query_nms=0.7"],
+RUNG_FALLBACK = {"distinct_queries": ["model.dense.enabled=true", "model.decoder.query_selection=boxes",
+                                      "model.decoder.query_nms=0.7"],
                  "one_to_many": ["model.decoder.num_hybrid_queries=25", "loss.hybrid_k=2"],
                  "denoising": ["model.decoder.dn_queries=20"]}
 """A ladder step that the preset leaves off (cpu_small: one-to-many and denoising cost AP at the demo's
 budget, docs/recipe.md) is measured with these settings on top of the previous rung, so that its row shows
-what it does; the last rung is the preset itself."""
+what it does; the last rung is the preset itself. Distinct queries need query selection: on a preset without
+it (cpu_tiny, the --quick runs) their rung turns it on too."""
 ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32")
 OURS = LADDER + ABLATIONS
 PEERS = ("hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet")

@@ -127,3 +127,13 @@ def test_every_rung_of_the_ladder_adds_something(peers):
         assert after != before, name
     assert rungs[peers.LADDER.index("distinct_queries")].model.decoder.query_nms == 0.7
     assert rungs[-1] == preset
+
+
+@pytest.mark.parametrize("preset", ["cpu_small", "cpu_tiny", "paper_r50"])
+def test_every_contender_of_ours_is_a_valid_config(peers, preset):
+    """convergence.py builds every rung and ablation from its --preset (cpu_tiny in --quick runs, which has no
+    query selection, so the distinct-queries rung must turn it on)."""
+    from dynamic_detr.config import get_preset
+
+    for name in peers.OURS:
+        peers.ablation_config(name, get_preset(preset)).validate(name)

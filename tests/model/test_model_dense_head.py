@@ -103,6 +103,8 @@ def test_select_queries_with_nms_puts_distinct_boxes_first():
     torch.testing.assert_close(boxes[0, 1], torch.tensor([0.75, 0.75, 0.25, 0.25]))  # (50, 50, 70, 70) / 80
     # the hybrid branch's boxes (after k_distinct) are the plain top ones, as DDQ's one-to-many queries
     assert select_queries(dense, valid, k=4, nms=0.7, k_distinct=2)[1][0].tolist() == [0, 3, 0, 1]
+    # a location in the padding (x = 60 beyond a 40 px wide image) stays last even though no box overlaps it
+    assert select_queries(dense, torch.tensor([[80.0, 40.0]]), k=2, nms=0.7)[1][0].tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("query_nms", [0.0, 0.5])

@@ -139,8 +139,9 @@ def select_queries(dense: dict[str, Tensor], valid_hw: Tensor, k: int, nms: floa
     if nms > 0 and kd > 0:
         top, cand = scores.topk(min(4 * kd, n), dim=1)  # [B, M], best first
         keep = distinct_first(all_xyxy.gather(1, cand[..., None].expand(-1, -1, 4)), nms)
-        # the distinct boxes rank above every overlapped one (scores are in [-1, 1]), each group by score
-        order = (top + 3.0 * keep).topk(min(kd, cand.shape[1]), dim=1).indices
+        # the distinct boxes rank above every overlapped one, each group by score (valid scores are in [0, 1],
+        # padding locations -1: those stay last even when distinct)
+        order = (top + 3.0 * (keep & (top >= 0))).topk(min(kd, cand.shape[1]), dim=1).indices
         distinct = cand.gather(1, order)
         idx = torch.cat([distinct, idx[:, :k - kd]], dim=1) if kd < k else distinct
     if idx.shape[1] < k:  # fewer locations than queries (a tiny input): repeat the best ones

@@ -126,7 +126,8 @@ class DynamicDETR(nn.Module):
                       ) -> list[tuple[Tensor, Tensor]]:
         """Content [B, L, d] and boxes [B, L, 4] of the matching queries and, in training with the hybrid
         branch on, of the one-to-many queries. With query selection the boxes (and contents) come from one
-        top-(K + H) of the dense head: the matching queries take the K best, the hybrid ones the next H."""
+        top-(K + H) of the dense head: the matching queries take the K best, the hybrid ones the next H; with
+        distinct queries (`query_nms`) the K are picked after the NMS and the hybrid ones are the plain top H."""
         dc = self.cfg.decoder
         b, k = valid_hw.shape[0], dc.num_queries
         h = dc.num_hybrid_queries if self.training else 0
