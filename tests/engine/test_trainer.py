@@ -64,7 +64,8 @@ def test_overfit_reaches_high_ap(fp32_overfit):
 
 
 RECIPE_SWITCHES = ("model.encoder.residual=true", "train.lr_offset_mult=0.1", "model.dense.enabled=true",
-                   "model.decoder.query_selection=boxes", "model.decoder.num_hybrid_queries=10",
+                   "model.decoder.query_selection=boxes", "model.decoder.query_nms=0.7",
+                   "model.decoder.num_hybrid_queries=10",
                    "loss.hybrid_k=2", "model.decoder.dn_queries=8", "loss.iou_aware=true")
 
 

@@ -148,8 +148,8 @@ def test_cli_eval_with_onnx_matches_checkpoint(graphs, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_eval_of_trained_model_onnx_matches_checkpoint_ap(tmp_path):
-    """A model trained to fit 4 images of several aspect ratios (192 steps): its exported graph's AP on them
-    is the checkpoint's within 0.5."""
+    """A model trained to fit 4 images of several aspect ratios (128 steps; AP 77, AP50 100 on them, measured):
+    its exported graph's AP on them is the checkpoint's within 0.5."""
     from dynamic_detr.config import get_preset
     from dynamic_detr.engine.trainer import Trainer
 
@@ -169,7 +169,7 @@ def test_eval_of_trained_model_onnx_matches_checkpoint_ap(tmp_path):
     t = cfg.train
     t.batch_size, t.lr, t.lr_backbone, t.lr_drop_epochs, t.eval_every = 4, 6e-4, 6e-4, [10], 1000
     t.clip_max_norm, t.warmup_iters, t.deterministic = 1.0, 0, True
-    assert Trainer(cfg, data, tmp_path / "run", epochs=12, progress=False).fit().status == "finished"
+    assert Trainer(cfg, data, tmp_path / "run", epochs=8, progress=False).fit().status == "finished"
     assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")]) == 0
     ref, _ = _eval(tmp_path / "run", data, tmp_path, "torch")
     got, _ = _eval(tmp_path / "m.onnx", data, tmp_path, "onnx")
