@@ -134,16 +134,16 @@ def select_queries(dense: dict[str, Tensor], valid_hw: Tensor, k: int, nms: floa
     scores = scores.masked_fill(~inside, -1.0)
     n = scores.shape[1]
     all_xyxy = dense_boxes(dense).detach()
-    idx = scores.topk(min(k, n), dim=1).indices
     kd = k if k_distinct is None else min(k_distinct, k)
-    if nms > 0 and kd > 0:
-        top, cand = scores.topk(min(4 * kd, n), dim=1)  # [B, M], best first
-        keep = distinct_first(all_xyxy.gather(1, cand[..., None].expand(-1, -1, 4)), nms)
+    m = min(4 * kd, n) if nms > 0 and kd > 0 else 0  # NMS candidates
+    top, cand = scores.topk(min(max(k, m), n), dim=1)  # best first
+    idx = cand[:, :k]
+    if m:
+        keep = distinct_first(all_xyxy.gather(1, cand[:, :m, None].expand(-1, -1, 4)), nms)
         # the distinct boxes rank above every overlapped one, each group by score (valid scores are in [0, 1],
         # padding locations -1: those stay last even when distinct)
-        order = (top + 3.0 * (keep & (top >= 0))).topk(min(kd, cand.shape[1]), dim=1).indices
-        distinct = cand.gather(1, order)
-        idx = torch.cat([distinct, idx[:, :k - kd]], dim=1) if kd < k else distinct
+        order = (top[:, :m] + 3.0 * (keep & (top[:, :m] >= 0))).topk(min(kd, m), dim=1).indices
+        idx = torch.cat([cand.gather(1, order), cand[:, :k - kd]], dim=1)
     if idx.shape[1] < k:  # fewer locations than queries (a tiny input): repeat the best ones
         idx = idx.repeat(1, math.ceil(k / max(idx.shape[1], 1)))[:, :k]
     xyxy = all_xyxy.gather(1, idx[..., None].expand(-1, -1, 4))
