@@ -1,12 +1,25 @@
-"""Fixtures for the whole suite: free TCP ports for torchrun; torch's deterministic mode put back after each test."""
+"""Fixtures for the whole suite: free TCP ports for torchrun; torch's deterministic mode put back after each test;
+one CPU share per pytest-xdist worker."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs `-n 2`), each worker and the processes its tests start get the
+    cores divided by the number of workers as threads: 2 workers x 1 thread fill 2 cores, where 2 x 2 threads
+    would contend. Without xdist nothing changes."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 0:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def _free_port() -> int:
