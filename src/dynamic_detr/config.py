@@ -54,9 +54,11 @@ class EncoderConfig:
     conv: True doubles it so all three convs shift by the same image distance (the coarser neighbour's is
     pooled and halved; docs/paper.md); False uses it unscaled, as DyHead does."""
     deform_impl: str = "auto"
-    """Kernel of the modulated deformable conv: "torchvision" (torchvision.ops.deform_conv2d), "sampled"
-    (grid_sample + matmul, model/deform.py: same result, 5.7x faster on CPU here) or "auto" (sampled on CPU,
-    torchvision on CUDA)."""
+    """Kernel of the modulated deformable conv (model/deform.py, all three give torchvision's result):
+    "torchvision" (torchvision.ops.deform_conv2d), "sampled" (grid_sample, mask multiply, matmul: 5.7x faster
+    than torchvision's on CPU), "bags" (one weighted embedding_bag with the mask folded into the bilinear
+    weights, then one matmul: 1.5x faster than sampled forward + backward on cpu_small's convs at batch 4) or
+    "auto" (bags on CPU, torchvision on CUDA)."""
     scale_attn_relu: bool = False
     """DyHead's scale attention is hard_sigmoid(ReLU(conv1x1(pool))); the ReLU makes a negative logit a unit
     without gradient, so it is off by default (hard_sigmoid alone, still 0.5 at init)."""
@@ -316,8 +318,8 @@ class Config:
             (m.decoder.num_reg_layers >= 0 and m.decoder.num_cls_layers >= 0,
              "model.decoder.num_reg_layers / num_cls_layers must be >= 0"),
             (self.train.amp in ("none", "bf16", "fp16"), "train.amp must be none|bf16|fp16"),
-            (m.encoder.deform_impl in ("auto", "torchvision", "sampled"),
-             "model.encoder.deform_impl must be auto|torchvision|sampled"),
+            (m.encoder.deform_impl in ("auto", "torchvision", "sampled", "bags"),
+             "model.encoder.deform_impl must be auto|torchvision|sampled|bags"),
             (m.decoder.roi_impl in ("auto", "torchvision", "bags"),
              "model.decoder.roi_impl must be auto|torchvision|bags"),
             (m.decoder.query_selection in ("none", "boxes", "boxes+content"),
