@@ -46,7 +46,7 @@ def run(preset: str, image_size: tuple[int, int] | None, batch: int, warmup: int
     model = DynamicDETR(cfg.model).eval()
     images = torch.rand(batch, 3, h, w)
     sizes = torch.tensor([[h, w]] * batch, dtype=torch.int64)  # images filling the canvas: valid = whole
-    eager = ExportWrapper(model, top_k=100).eval()  # the config's kernel (auto: sampled on CPU), as users get
+    eager = ExportWrapper(model, top_k=100).eval()  # the config's kernel (auto: bags on CPU), as users get
 
     def torch_fn():
         with torch.inference_mode():

@@ -53,7 +53,7 @@ RUNG_FALLBACK = {"distinct_queries": ["model.dense.enabled=true", "model.decoder
 budget, docs/recipe.md) is measured with these settings on top of the previous rung, so that its row shows
 what it does; the last rung is the preset itself. Distinct queries need query selection: on a preset without
 it (cpu_tiny, the --quick runs) their rung turns it on too."""
-ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32")
+ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32", "sampled_deform")
 OURS = LADDER + ABLATIONS
 PEERS = ("hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet")
 ALL = OURS + PEERS
@@ -71,6 +71,7 @@ LABELS = {
     "two_stages": "the paper's model, 2 decoder stages",
     "softmax": "the paper's model, softmax class loss",
     "fp32": "ours (preset), float32 (no bf16 autocast)",
+    "sampled_deform": "ours (preset), the earlier deformable-conv kernel (grid_sample)",
     "hf_detr": "DETR (HF transformers)",
     "hf_deformable_detr": "Deformable DETR (HF transformers)",
     "tv_fcos": "FCOS (torchvision)",
@@ -127,7 +128,7 @@ def ablation_config(name: str, cfg: Config) -> Config:
         if name in RUNG_FALLBACK and rung == recipe_rung(cfg, LADDER.index(name) - 1):  # the preset has it off
             rung = apply_overrides(rung, RUNG_FALLBACK[name])
         return rung
-    cfg = copy.deepcopy(cfg) if name in ("no_encoder", "fp32") else recipe_rung(cfg, 0)
+    cfg = copy.deepcopy(cfg) if name in ("no_encoder", "fp32", "sampled_deform") else recipe_rung(cfg, 0)
     if name in ("no_encoder", "faithful_no_encoder"):
         cfg.model.encoder.enabled = False
     elif name == "two_stages":
@@ -136,13 +137,17 @@ def ablation_config(name: str, cfg: Config) -> Config:
         cfg.model.class_loss = "softmax"
     elif name == "fp32":  # the preset's bf16 autocast against float32 (what an AVX2-only CPU runs instead)
         cfg.train.amp = "none"
+    elif name == "sampled_deform":  # the encoder's CPU kernel before `deform_impl=bags` (speed.py's before / after)
+        cfg.model.encoder.deform_impl = "sampled"
     return cfg
 
 
 def _ours(name: str, cfg: Config, num_classes: int) -> Contender:
     cfg = ablation_config(name, cfg)
     cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names = num_classes, [], []
-    model = DynamicDETR(cfg.model)
+    # random weights (nothing is downloaded here), but the architecture, norm and frozen stages that the config's
+    # weights would give (paper_r50: frozen BN, stem + stage 1 frozen)
+    model = DynamicDETR(cfg.model, load_weights=False)
     criterion = SetCriterion(num_classes, cfg.loss, cfg.model.class_loss, cfg.model.dense.center_radius)
     t = cfg.train
     opt = adamw(param_groups(model, t), t.lr, t.weight_decay, next(model.parameters()).device)  # the trainer's
