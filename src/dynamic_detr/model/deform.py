@@ -20,6 +20,25 @@ from torch import Tensor
 from torchvision.ops import deform_conv2d
 
 
+def _sampling_positions(x: Tensor, offset: Tensor, weight: Tensor, stride: int, padding: int,
+                        dilation: int, kernel: str) -> tuple[Tensor, Tensor]:
+    """Where each tap samples, in input pixels: (py, px), each [B, K, Ho, Wo]; tap k of output (i, j) reads
+    (i*stride - pad + ky_k + dy, j*stride - pad + kx_k + dx). Checks the one-offset-group contract."""
+    b, c = x.shape[:2]
+    _, cin, kh, kw = weight.shape
+    if cin != c or offset.shape[1] != 2 * kh * kw:
+        raise ValueError(f"{kernel} supports one offset group and no weight groups")
+    k = kh * kw
+    ho, wo = offset.shape[-2:]
+    dt, dev = offset.dtype, offset.device
+    ky, kx = torch.meshgrid(torch.arange(kh, device=dev, dtype=dt) * dilation,
+                            torch.arange(kw, device=dev, dtype=dt) * dilation, indexing="ij")
+    off = offset.view(b, k, 2, ho, wo)
+    py = (torch.arange(ho, device=dev, dtype=dt) * stride - padding)[None, None, :, None] + ky.reshape(1, k, 1, 1)
+    px = (torch.arange(wo, device=dev, dtype=dt) * stride - padding)[None, None, None, :] + kx.reshape(1, k, 1, 1)
+    return py + off[:, :, 0], px + off[:, :, 1]
+
+
 def deform_conv2d_sampled(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
                           stride: int = 1, padding: int = 1, dilation: int = 1,
                           mask: Tensor | None = None) -> Tensor:
@@ -29,21 +48,13 @@ def deform_conv2d_sampled(x: Tensor, offset: Tensor, weight: Tensor, bias: Tenso
     weight: [Cout, C, kh, kw] -> [B, Cout, Ho, Wo].
     """
     b, c, h, w = x.shape
-    cout, cin, kh, kw = weight.shape
-    if cin != c or offset.shape[1] != 2 * kh * kw:
-        raise ValueError("deform_conv2d_sampled supports one offset group and no weight groups")
+    cout, _, kh, kw = weight.shape
     k = kh * kw
     ho, wo = offset.shape[-2:]
-    dt, dev = offset.dtype, offset.device
-    ky, kx = torch.meshgrid(torch.arange(kh, device=dev, dtype=dt) * dilation,
-                            torch.arange(kw, device=dev, dtype=dt) * dilation, indexing="ij")
-    # sampling position of tap k at output (i, j): (i*stride - pad + ky_k + dy, j*stride - pad + kx_k + dx)
-    base_y = (torch.arange(ho, device=dev, dtype=dt) * stride - padding)[None, :, None] + ky.reshape(k, 1, 1)
-    base_x = (torch.arange(wo, device=dev, dtype=dt) * stride - padding)[None, None, :] + kx.reshape(k, 1, 1)
-    off = offset.view(b, k, 2, ho, wo)
+    py, px = _sampling_positions(x, offset, weight, stride, padding, dilation, "deform_conv2d_sampled")
     # pixel p -> grid (2p + 1) / size - 1 (align_corners=False; also right for maps 1 pixel wide)
-    gy = (2.0 * (base_y + off[:, :, 0]) + 1.0) / h - 1.0
-    gx = (2.0 * (base_x + off[:, :, 1]) + 1.0) / w - 1.0
+    gy = (2.0 * py + 1.0) / h - 1.0
+    gx = (2.0 * px + 1.0) / w - 1.0
     grid = torch.stack((gx, gy), dim=-1).view(b, k * ho, wo, 2)
     sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
     sampled = sampled.view(b, c, k, ho, wo)
@@ -67,20 +78,12 @@ def deform_conv2d_bags(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor |
     zeros). Offsets and masks get their gradients through the weights, the input through the bags.
     """
     b, c, h, w = x.shape
-    cout, cin, kh, kw = weight.shape
-    if cin != c or offset.shape[1] != 2 * kh * kw:
-        raise ValueError("deform_conv2d_bags supports one offset group and no weight groups")
+    cout, _, kh, kw = weight.shape
     k = kh * kw
     ho, wo = offset.shape[-2:]
-    dt, dev = offset.dtype, offset.device
-    ky, kx = torch.meshgrid(torch.arange(kh, device=dev, dtype=dt) * dilation,
-                            torch.arange(kw, device=dev, dtype=dt) * dilation, indexing="ij")
-    off = offset.view(b, k, 2, ho, wo)
-    # sampling positions, [B, Ho, Wo, K]: the K bags of one output position are adjacent rows of the columns
-    py = ((torch.arange(ho, device=dev, dtype=dt) * stride - padding)[None, None, :, None]
-          + ky.reshape(1, k, 1, 1) + off[:, :, 0]).permute(0, 2, 3, 1)
-    px = ((torch.arange(wo, device=dev, dtype=dt) * stride - padding)[None, None, None, :]
-          + kx.reshape(1, k, 1, 1) + off[:, :, 1]).permute(0, 2, 3, 1)
+    py, px = _sampling_positions(x, offset, weight, stride, padding, dilation, "deform_conv2d_bags")
+    # [B, Ho, Wo, K]: the K bags of one output position are adjacent rows of the columns
+    py, px = py.permute(0, 2, 3, 1), px.permute(0, 2, 3, 1)
     y0, x0 = py.detach().floor(), px.detach().floor()
     ly, lx = py - y0, px - x0
     # the 4 corners [..., 2 (y), 2 (x)]: rows and weights
@@ -90,7 +93,7 @@ def deform_conv2d_bags(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor |
     weights = weights * ((ys >= 0) & (ys <= h - 1) & (xs >= 0) & (xs <= w - 1))
     if mask is not None:
         weights = weights * mask.view(b, k, ho, wo).permute(0, 2, 3, 1)[..., None, None]
-    rows = (torch.arange(b, device=dev) * (h * w)).view(b, 1, 1, 1, 1, 1) \
+    rows = (torch.arange(b, device=x.device) * (h * w)).view(b, 1, 1, 1, 1, 1) \
         + (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).long()
     # row-major [B*H*W, C]: with B = 1 the reshape alone is a column-major view, ~4x slower to gather from
     table = x.permute(0, 2, 3, 1).reshape(b * h * w, c).contiguous()
