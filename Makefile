@@ -25,14 +25,15 @@ lint: $(STAMP)
 # JOBS pytest-xdist workers, each test file on one worker (its module fixtures built once), each worker with
 # cores / JOBS threads (tests/conftest.py); JOBS=0 runs in this process
 JOBS ?= 2
+PYTEST = $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile $(ARGS)
+	$(PYTEST) $(ARGS)
 
 # the same without the tests marked slow (end-to-end CLI / demo runs, torchrun, fault injection, overfits,
 # benchmark runs): for a quick check while working; CI runs `make test`
 test-quick: $(STAMP) lint
-	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
