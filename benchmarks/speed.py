@@ -7,7 +7,10 @@ Hungarian matching where the model has one, backward, optimiser step) at `--batc
 batch 1 and at `--batch`. Times are medians of `--reps` runs after warm-up, synchronised on CUDA. FLOPs are
 counted by `torch.utils.flop_counter` (convolutions, matmuls, attention, deformable conv, RoIAlign; the
 sampling ops grid_sample / roi_align's bilinear weights are not FLOPs there), so "of peak" is counted FLOPs
-per second over the fp32 matmul rate measured at the start of the same run.
+per second over the fp32 matmul rate measured at the start of the same run. Peak memory (process peak RSS on
+CPU, `max_memory_allocated` on CUDA) is read after the timed runs and before the FLOP-counting passes, which
+hold more than a plain step (the checkpointed contender's peak was 1.3x higher with them); `start_mb` is the
+memory before the first step (CPU: the RSS of Python, torch, the libraries, the model and the batch).
 
     .venv/bin/python benchmarks/speed.py                          # cpu_small and cpu_tiny vs peers, ~8 min
     .venv/bin/python benchmarks/speed.py --presets paper_r50 --device cuda --image-size 800 1216
@@ -56,6 +59,17 @@ def fixed_batch(cfg, data: Path, batch_size: int, device: torch.device):
     return next(iter(common.loader(val_set, cfg, False, batch_size, 0))).to(device)
 
 
+def _memory_mb(device: torch.device) -> float | None:
+    """Memory in use now: CUDA allocated, or this process's resident set (Linux /proc; None elsewhere)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * resource.getpagesize() / 2**20
+
+
 def measure(preset: str, name: str, args) -> dict[str, Any]:
     """One contender at one preset; runs in its own process."""
     device = common.pick_device(args.device)
@@ -72,6 +86,7 @@ def measure(preset: str, name: str, args) -> dict[str, Any]:
     params = [p for g in c.optimizer.param_groups for p in g["params"]]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    start_mb = _memory_mb(device)
 
     def train_step() -> None:
         c.model.train()
@@ -87,26 +102,26 @@ def measure(preset: str, name: str, args) -> dict[str, Any]:
             c.detect(b)
 
     train_s = common.median_seconds(train_step, device, args.warmup, args.reps)
+    lat_s = common.median_seconds(lambda: infer(one), device, args.warmup, args.reps * 2)
+    thr_s = common.median_seconds(lambda: infer(batch), device, args.warmup, args.reps)
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     with flop_counter() as counter:
         train_step()
     train_flops = counter.get_total_flops()
-    lat_s = common.median_seconds(lambda: infer(one), device, args.warmup, args.reps * 2)
-    thr_s = common.median_seconds(lambda: infer(batch), device, args.warmup, args.reps)
     # grad mode: FlopCounterMode's module tracker fails on views made under no_grad, and nn.MultiheadAttention's
     # fused eval path (no_grad only) is invisible to it (model/info.py does the same)
     c.model.eval()
     with torch.enable_grad(), flop_counter() as counter:
         c.detect(one)
     infer_flops = counter.get_total_flops()
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"preset": preset, "name": name, "label": peers.LABELS[name], "params": c.params(),
             "image_size": list(batch.images.shape[-2:]), "batch": args.batch,
             "train_img_s": args.batch / train_s, "train_step_s": train_s, "train_gflop_step": train_flops / 1e9,
             "latency_ms": lat_s * 1000, "infer_img_s": args.batch / thr_s, "gflops": infer_flops / 1e9,
-            "train_gflop_s": train_flops / 1e9 / train_s, "peak_mb": peak_mb,
+            "train_gflop_s": train_flops / 1e9 / train_s, "peak_mb": peak_mb, "start_mb": start_mb,
             "memory": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"}
 
 

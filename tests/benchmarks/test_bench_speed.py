@@ -28,6 +28,7 @@ def test_speed_quick(tmp_path):
         name, b = r["name"], r["batch"]
         assert (r["preset"], b, r["image_size"]) == ("cpu_tiny", 2, rows[0]["image_size"]), name  # same batch
         assert r["params"] > 1e6 and r["peak_mb"] > 100, name
+        assert 50 < r["start_mb"] < r["peak_mb"], name  # the process before its first step, below its peak
         assert r["gflops"] > 0.1 and r["train_gflop_step"] > r["gflops"], name
         # throughputs are the batch over the measured times, FLOP rates the counted FLOPs over them
         assert r["train_img_s"] == pytest.approx(b / r["train_step_s"], rel=1e-9), name
