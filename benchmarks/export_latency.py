@@ -5,7 +5,14 @@ PyTorch eager (the encoder's `deform_impl=auto` kernel), onnxruntime on the nati
 the portable graph (`GridSample` + `MatMul`). Median of `--reps` runs after `--warmup`; ratios are against
 eager, measured in the same run. Random weights: latency does not depend on them.
 
+`--compile` adds a fourth runtime: the same eager module under `torch.compile` (inductor, static shapes), with
+its compile time counted twice: cold (an empty inductor cache, what a user's first run pays) and warm (compiled
+again after `torch._dynamo.reset()`, the on-disk FX graph cache of the cold run hit, what later runs pay);
+`compile_break_even_images` is how many images the cold compile takes to pay for itself at the measured
+per-image saving.
+
     .venv/bin/python benchmarks/export_latency.py --preset cpu_small --out benchmarks/results/export_latency.json
+    .venv/bin/python benchmarks/export_latency.py --preset cpu_small --compile   # + torch.compile (minutes)
     .venv/bin/python benchmarks/export_latency.py --quick        # smoke run (the test suite calls it)
 
 Never run it while another job uses the cores.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -31,7 +39,33 @@ def median_ms(fn, warmup: int, reps: int) -> float:
     return common.median_seconds(fn, torch.device("cpu"), warmup, reps) * 1000
 
 
-def run(preset: str, image_size: tuple[int, int] | None, batch: int, warmup: int, reps: int) -> dict:
+def compiled_runtime(eager: torch.nn.Module, images: torch.Tensor, sizes: torch.Tensor, cache: Path,
+                     warmup: int, reps: int) -> tuple[float, dict[str, float]]:
+    """Median ms of `torch.compile(eager)` and its compile times (s): cold in an empty inductor cache `cache`,
+    then warm (dynamo reset, the cold run's FX graph cache hit); plus the largest output difference to eager."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)  # read at each compile: a cold cache for this run
+    with torch.inference_mode():
+        ref = eager(images, sizes, sizes)
+    info: dict[str, float] = {}
+    for key in ("compile_cold_s", "compile_warm_s"):
+        torch._dynamo.reset()
+        compiled = torch.compile(eager, dynamic=False)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = compiled(images, sizes, sizes)  # the first call compiles
+        info[key] = round(time.perf_counter() - t0, 1)
+    info["compile_max_abs_diff"] = max(float((a.float() - b.float()).abs().max())
+                                       for a, b in zip(ref, out, strict=True))
+
+    def fn():
+        with torch.inference_mode():
+            compiled(images, sizes, sizes)
+
+    return median_ms(fn, warmup, reps), info
+
+
+def run(preset: str, image_size: tuple[int, int] | None, batch: int, warmup: int, reps: int,
+        compile_: bool = False) -> dict:
     import onnxruntime as ort
 
     from dynamic_detr.config import get_preset
@@ -53,6 +87,7 @@ def run(preset: str, image_size: tuple[int, int] | None, batch: int, warmup: int
             eager(images, sizes, sizes)
 
     rows = {"pytorch eager": median_ms(torch_fn, warmup, reps)}
+    extra: dict[str, float] = {}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     feed = {"images": images.numpy(), "valid_sizes": sizes.numpy(), "orig_sizes": sizes.numpy()}
@@ -62,6 +97,12 @@ def run(preset: str, image_size: tuple[int, int] | None, batch: int, warmup: int
             export_onnx(model, path, (h, w), portable=portable, dynamic_batch=True)
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             rows[mode] = median_ms(lambda s=sess: s.run(None, feed), warmup, reps)
+        if compile_:
+            rows["torch.compile (inductor)"], extra = compiled_runtime(eager, images, sizes, Path(tmp) / "inductor",
+                                                                       warmup, reps)
+            saved_ms = (rows["pytorch eager"] - rows["torch.compile (inductor)"]) / batch
+            extra["compile_break_even_images"] = (round(extra["compile_cold_s"] * 1000 / saved_ms) if saved_ms > 0
+                                                  else None)
     base = rows["pytorch eager"]
     return {
         "preset": preset, "image_size": [h, w], "batch": batch, "warmup": warmup, "reps": reps,
@@ -70,6 +111,7 @@ def run(preset: str, image_size: tuple[int, int] | None, batch: int, warmup: int
         "date": time.strftime("%Y-%m-%d"),
         "results": [{"runtime": k, "median_ms": round(v, 2), "speedup_vs_eager": round(base / v, 3)}
                     for k, v in rows.items()],
+        **extra,
     }
 
 
@@ -79,6 +121,10 @@ def markdown(res: dict) -> str:
              f"(torch {res['torch']}, onnxruntime {res['onnxruntime']}, {res['date']})", "",
              "| runtime | median ms | speed-up vs eager |", "|---|---|---|"]
     lines += [f"| {r['runtime']} | {r['median_ms']:.1f} | {r['speedup_vs_eager']:.2f}x |" for r in res["results"]]
+    if "compile_cold_s" in res:
+        lines += ["", f"torch.compile: {res['compile_cold_s']:.1f} s cold (empty cache), {res['compile_warm_s']:.1f} s "
+                  f"warm (cache hit); pays for its cold compile after {res['compile_break_even_images']} images; "
+                  f"largest output difference to eager {res['compile_max_abs_diff']:.1e}"]
     return "\n".join(lines)
 
 
@@ -90,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--out", type=Path, help="results JSON")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (compiles twice: minutes on CPU)")
     p.add_argument("--quick", action="store_true", help="cpu_tiny at 96x128, 1 warm-up, 2 runs (smoke test)")
     args = p.parse_args(argv)
     if args.quick:
         args.preset, args.image_size, args.warmup, args.reps = "cpu_tiny", (96, 128), 1, 2
-    res = run(args.preset, tuple(args.image_size) if args.image_size else None, args.batch, args.warmup, args.reps)
+    res = run(args.preset, tuple(args.image_size) if args.image_size else None, args.batch, args.warmup, args.reps,
+              args.compile)
     print(markdown(res))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
