@@ -53,7 +53,7 @@ RUNG_FALLBACK = {"distinct_queries": ["model.dense.enabled=true", "model.decoder
 budget, docs/recipe.md) is measured with these settings on top of the previous rung, so that its row shows
 what it does; the last rung is the preset itself. Distinct queries need query selection: on a preset without
 it (cpu_tiny, the --quick runs) their rung turns it on too."""
-ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32", "sampled_deform")
+ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32", "sampled_deform", "checkpointed")
 OURS = LADDER + ABLATIONS
 PEERS = ("hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet")
 ALL = OURS + PEERS
@@ -72,6 +72,7 @@ LABELS = {
     "softmax": "the paper's model, softmax class loss",
     "fp32": "ours (preset), float32 (no bf16 autocast)",
     "sampled_deform": "ours (preset), the earlier deformable-conv kernel (grid_sample)",
+    "checkpointed": "ours (preset), activation checkpointing (encoder, dense head, decoder)",
     "hf_detr": "DETR (HF transformers)",
     "hf_deformable_detr": "Deformable DETR (HF transformers)",
     "tv_fcos": "FCOS (torchvision)",
@@ -128,7 +129,8 @@ def ablation_config(name: str, cfg: Config) -> Config:
         if name in RUNG_FALLBACK and rung == recipe_rung(cfg, LADDER.index(name) - 1):  # the preset has it off
             rung = apply_overrides(rung, RUNG_FALLBACK[name])
         return rung
-    cfg = copy.deepcopy(cfg) if name in ("no_encoder", "fp32", "sampled_deform") else recipe_rung(cfg, 0)
+    preset_based = ("no_encoder", "fp32", "sampled_deform", "checkpointed")  # the rest: the paper's model
+    cfg = copy.deepcopy(cfg) if name in preset_based else recipe_rung(cfg, 0)
     if name in ("no_encoder", "faithful_no_encoder"):
         cfg.model.encoder.enabled = False
     elif name == "two_stages":
@@ -139,6 +141,8 @@ def ablation_config(name: str, cfg: Config) -> Config:
         cfg.train.amp = "none"
     elif name == "sampled_deform":  # the encoder's CPU kernel before `deform_impl=bags` (speed.py's before / after)
         cfg.model.encoder.deform_impl = "sampled"
+    elif name == "checkpointed":  # memory for time: every block, stage and the dense head recomputed in backward
+        cfg.model.encoder.checkpoint = cfg.model.decoder.checkpoint = cfg.model.dense.checkpoint = True
     return cfg
 
 

@@ -66,6 +66,12 @@ class EncoderConfig:
     """Not in the paper (nor in DyHead): each block becomes out = x + g * block(x) with one learned scalar g
     per block initialised to 0 (ReZero), so that the untrained encoder starts as the identity and the decoder
     sees the FPN features unscrambled. Measured effect: docs/benchmarks.md (convergence ladder)."""
+    checkpoint: bool = False
+    """Activation checkpointing of each block (model/checkpointing.py; not in the paper): its training
+    activations are recomputed in the backward instead of kept. Same outputs and gradients; less memory, a
+    longer step.
+    cpu_small at batch 8 (docs/benchmarks.md, "Memory"): the encoder keeps 412 MB for the backward; with the
+    decoder's and dense head's switches on too, peak memory 2683 -> 1979 MB at 1.2x the step time."""
 
 
 @dataclass
@@ -131,6 +137,12 @@ class DecoderConfig:
     1 +- lambda."""
     dn_label_noise: float = 0.2
     """Denoising: probability that a noised query carries a random label instead of its own."""
+    checkpoint: bool = False
+    """Activation checkpointing of each stage (model/checkpointing.py; not in the paper): its training
+    activations are recomputed in the backward instead of kept. Same outputs and gradients; less memory, a
+    longer step.
+    cpu_small at batch 8: the six stages keep 329 MB for the backward (see `encoder.checkpoint` for the three
+    switches together)."""
 
 
 @dataclass
@@ -144,6 +156,10 @@ class DenseHeadConfig:
     center_radius: float = 1.5
     """FCOS centre sampling: a location is a positive when within radius x stride of a target's centre
     (and inside it); a target with no such location gets its nearest location."""
+    checkpoint: bool = False
+    """Activation checkpointing of the head (model/checkpointing.py; not in the paper): its training activations
+    are recomputed in the backward instead of kept. Same outputs and gradients; less memory, a longer step.
+    cpu_small at batch 8: the head keeps 89 MB for the backward (see `encoder.checkpoint`)."""
 
 
 @dataclass

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from ..config import ModelConfig
+from . import checkpointing
 from .dynamic_conv import DynamicConv
 from .roi import MultiLevelRoIAlign
 
@@ -142,6 +143,7 @@ class DynamicDecoder(nn.Module):
         pooler = MultiLevelRoIAlign(strides, dc.roi_size, sampling_ratio=2, impl=dc.roi_impl,
                                     canonical_size=dc.roi_canonical_size)
         self.stages = nn.ModuleList(DecoderStage(cfg, pooler) for _ in range(dc.num_stages))
+        self.checkpoint = dc.checkpoint
         self._reset_parameters(cfg.class_loss, dc.zero_init_deltas)
 
     def _reset_parameters(self, class_loss: str, zero_init_deltas: bool) -> None:
@@ -178,7 +180,8 @@ class DynamicDecoder(nn.Module):
             pos = None
             if self.box_pos is not None:
                 pos = self.box_pos(box_sine_embedding(boxes, self.pos_dim).to(query.dtype))
-            query, logits, new_boxes = stage(query, boxes, pos, feats, valid_hw, attn_mask)
+            query, logits, new_boxes = checkpointing.run(stage, query, boxes, pos, feats, valid_hw, attn_mask,
+                                                         enabled=self.checkpoint)
             outputs.append({"logits": logits, "boxes": new_boxes})
             boxes = new_boxes.detach() if self.detach_boxes else new_boxes
         return outputs

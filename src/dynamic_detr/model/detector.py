@@ -11,6 +11,7 @@ from torchvision.ops import box_convert
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from . import checkpointing
 from .backbone import Backbone
 from .decoder import DynamicDecoder
 from .denoising import group_attention_mask, noised_queries
@@ -53,6 +54,7 @@ class DynamicDETR(nn.Module):
         self.decoder = DynamicDecoder(cfg, self.backbone.strides)
         dc, d = cfg.decoder, cfg.hidden_dim
         self.dense_head = DenseHead(cfg, self.backbone.strides) if cfg.dense.enabled else None
+        self.dense_checkpoint = cfg.dense.checkpoint
         if dc.num_hybrid_queries:  # H-DETR's one-to-many branch: its own queries (content; boxes if learned)
             self.hybrid_embed = nn.Embedding(dc.num_hybrid_queries, d)
             self.hybrid_boxes = nn.Embedding(dc.num_hybrid_queries, 4)
@@ -100,7 +102,7 @@ class DynamicDETR(nn.Module):
         out: dict[str, Any] = {"valid_hw": valid_hw}
         dense = None
         if self.dense_head is not None:
-            dense = out["dense"] = self.dense_head(feats, valid)
+            dense = out["dense"] = checkpointing.run(self.dense_head, feats, valid, enabled=self.dense_checkpoint)
         dc = self.cfg.decoder
         groups = self._query_groups(feats, dense, valid_hw)
         dn = None

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
 from ..config import EncoderConfig
+from . import checkpointing
 from .deform import modulated_deform_conv
 from .dyrelu import DyReLU
 from .padding import group_norm, masked_mean, resize_mask
@@ -195,10 +196,11 @@ class DynamicEncoder(nn.Module):
         super().__init__()
         n = cfg.num_blocks if cfg.enabled else 0
         self.blocks = nn.ModuleList(DynamicEncoderBlock(channels, num_levels, cfg) for _ in range(n))
+        self.checkpoint = cfg.checkpoint
 
     def forward(self, feats: list[Tensor], valid: list[Tensor] | None = None) -> list[Tensor]:
         """feats: [P3..P7] each [B, C, H_l, W_l] -> same shapes; `valid`: per-level masks of the unpadded
         regions (`DynamicEncoderBlock.forward`), None = no padding."""
         for block in self.blocks:
-            feats = block(feats, valid)
+            feats = checkpointing.run(block, feats, valid, enabled=self.checkpoint)
         return feats
