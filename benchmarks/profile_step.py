@@ -19,6 +19,8 @@ preset with the convergence recipe `dynamic_detr`) at each `--presets` size, on 
 * achieved FLOP rate: FLOPs counted by `torch.utils.flop_counter` (with model/info.py's formulas for
   deformable conv, RoIAlign and CPU attention) over the step's compute time (without data loading), against
   this machine's fp32 matmul and 3x3 convolution rates measured at the start of the run.
+* memory kept for the backward: the MB one training forward's autograd graph holds, by the part whose forward
+  saved each tensor (`saved_tensors_hooks`; each storage once, parameters left out).
 
     .venv/bin/python benchmarks/profile_step.py                       # cpu_small: faithful + dynamic_detr
     .venv/bin/python benchmarks/profile_step.py --amp none --only dynamic_detr no_encoder --batch 8
@@ -69,15 +71,22 @@ class Sections:
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
         self._open: dict[str, list[tuple[Any, float]]] = defaultdict(list)
+        self._stack: list[str] = []
         self._undo: list[Callable[[], None]] = []
+
+    def current(self) -> str:
+        """The innermost open section ("other" outside them all)."""
+        return self._stack[-1] if self._stack else "other"
 
     def enter(self, name: str) -> None:
         rf = record_function(PREFIX + name)
         rf.__enter__()
         self._open[name].append((rf, common.now(self.device)))
+        self._stack.append(name)
 
     def exit(self, name: str) -> None:
         rf, t0 = self._open[name].pop()
+        del self._stack[len(self._stack) - 1 - self._stack[::-1].index(name)]
         self.seconds[name] += common.now(self.device) - t0
         rf.__exit__(None, None, None)
 
@@ -226,6 +235,28 @@ def backward_by_part(prof) -> dict[str, float]:
     return {k: 100 * v / total for k, v in us.items()}
 
 
+def kept_by_part(c: peers.Contender, batch, sections: Sections) -> dict[str, float]:
+    """MB that one training forward (with the loss) keeps for its backward, by the part whose forward saved it
+    (`torch.autograd.graph.saved_tensors_hooks`): each storage counted once, where first saved; the parameters
+    (held anyway) left out. The graph is dropped without a backward."""
+    seen = {p.untyped_storage().data_ptr() for p in c.model.parameters()}
+    kept = dict.fromkeys((*COMPONENTS, "loss", "other"), 0.0)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:  # saved storages live as long as the graph: no address is reused
+            seen.add(storage.data_ptr())
+            part = sections.current()
+            kept["loss" if part in ("criterion", "matcher") else part] += storage.nbytes() / 2**20
+        return t
+
+    c.model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = c.loss(batch)
+    del loss
+    return kept
+
+
 def measure(preset: str, name: str, args: argparse.Namespace, data: Path, device: torch.device,
             peaks: dict[str, float]) -> dict[str, Any]:
     """One contender at one preset."""
@@ -251,6 +282,7 @@ def measure(preset: str, name: str, args: argparse.Namespace, data: Path, device
         train = median_split(lambda: train_once(c, batch, params, sections, device), args.warmup, args.reps)
         prof = profiled(lambda: train_once(c, batch, params, sections, device), device)
         train_top, backward = top_ops(prof), backward_by_part(prof)
+        kept = kept_by_part(c, batch, sections)
         infer_data = data_seconds(common.loader(val_set, cfg, False, 1, 0), device, 1, args.reps)
         infer = median_split(lambda: infer_once(c, one, sections, device), args.warmup, args.reps)
         infer_top = top_ops(profiled(lambda: infer_once(c, one, sections, device), device))
@@ -274,6 +306,7 @@ def measure(preset: str, name: str, args: argparse.Namespace, data: Path, device
                    of_conv3x3=100 * rate / peaks["conv3x3_gflops"], top_ops=top)
         out[key] = rep
     out["train"]["backward_by_part"] = backward
+    out["train"]["kept_mb"] = kept
     return out
 
 
@@ -297,6 +330,13 @@ def markdown(report: dict[str, Any]) -> str:
         for part, share in t["backward_by_part"].items():
             label = BACKWARD_OTHER if part == "other" else PART_LABELS[part]
             lines.append(f"| {label} | {share:.1f}% | {share * t['parts_ms']['backward'] / 100:.1f} |")
+        kept = t["kept_mb"]
+        lines += ["", "Kept for the backward by component (MB the training forward's autograd graph holds, parameters "
+                  "left out):", "", "| component | MB | share |", "|---|---|---|"]
+        total = sum(kept.values()) or 1.0
+        lines += [f"| {BACKWARD_OTHER.split(' (')[0] if part == 'other' else PART_LABELS[part]} | {mb:.1f} | "
+                  f"{100 * mb / total:.1f}% |" for part, mb in kept.items()]
+        lines.append(f"| **total** | **{total:.1f}** | 100% |")
         lines += ["", "| | GFLOP | GFLOP/s (compute time) | of fp32 matmul | of fp32 3x3 conv |",
                   "|---|---|---|---|---|"]
         for key, label in (("train", "train step"), ("infer", "inference b1")):

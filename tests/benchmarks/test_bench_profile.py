@@ -45,6 +45,27 @@ def test_backward_is_attributed_to_the_part_that_created_it():
     assert not backbone._forward_hooks and not backbone._forward_pre_hooks  # remove() undoes the hooks
 
 
+def test_kept_memory_is_attributed_to_the_part_that_saved_it():
+    from types import SimpleNamespace
+
+    ps = _script()
+    backbone, encoder = nn.Conv2d(3, 32, 3), nn.Linear(32, 1)
+    model = nn.ModuleDict({"backbone": backbone, "encoder": encoder})
+    sections = ps.Sections(torch.device("cpu"))
+    sections.hook(backbone, "backbone")
+    sections.hook(encoder, "encoder")
+    x = torch.randn(2, 3, 48, 48)
+    c = SimpleNamespace(model=model, loss=lambda batch: encoder(backbone(batch).relu().mean((2, 3))).sum())
+    kept = ps.kept_by_part(c, x, sections)
+    sections.remove()
+    # the conv keeps its input (2x3x48x48 floats), the ReLU between the parts its output (2x32x46x46), the
+    # linear its input (2x32)
+    assert kept["backbone"] == pytest.approx(2 * 3 * 48 * 48 * 4 / 2**20)
+    assert kept["other"] == pytest.approx(2 * 32 * 46 * 46 * 4 / 2**20)
+    assert kept["encoder"] == pytest.approx(2 * 32 * 4 / 2**20)  # not its weight: a parameter
+    assert kept["decoder"] == kept["dense_head"] == kept["loss"] == 0, kept
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the run's own subprocess timeout (600 s) comes first
 def test_profile_quick(tmp_path):
@@ -75,6 +96,9 @@ def test_profile_quick(tmp_path):
             assert f"| `{ops[0]['op']}` | {ops[0]['calls']} |" in md, where
         for part in ("backbone", "encoder", "decoder", "backward", "optimizer"):
             assert r["train"]["parts_ms"][part] > 0, (r["name"], part)
+        kept = r["train"]["kept_mb"]
+        assert all(kept[p] > 0 for p in ("backbone", "encoder", "decoder")), kept
+        assert f"| **total** | **{sum(kept.values()):.1f}** | 100% |" in md, kept
         backward = r["train"]["backward_by_part"]
         assert all(0 <= s <= 100 for s in backward.values()), backward
         assert sum(backward.values()) == pytest.approx(100, abs=0.1), backward
