@@ -86,7 +86,7 @@ class Sections:
 
     def exit(self, name: str) -> None:
         rf, t0 = self._open[name].pop()
-        del self._stack[len(self._stack) - 1 - self._stack[::-1].index(name)]
+        self._stack.pop()  # sections nest: the one that exits is the innermost
         self.seconds[name] += common.now(self.device) - t0
         rf.__exit__(None, None, None)
 
@@ -334,8 +334,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Kept for the backward by component (MB the training forward's autograd graph holds, parameters "
                   "left out):", "", "| component | MB | share |", "|---|---|---|"]
         total = sum(kept.values()) or 1.0
-        lines += [f"| {BACKWARD_OTHER.split(' (')[0] if part == 'other' else PART_LABELS[part]} | {mb:.1f} | "
-                  f"{100 * mb / total:.1f}% |" for part, mb in kept.items()]
+        lines += [f"| {'other' if part == 'other' else PART_LABELS[part]} | {mb:.1f} | {100 * mb / total:.1f}% |"
+                  for part, mb in kept.items()]
         lines.append(f"| **total** | **{total:.1f}** | 100% |")
         lines += ["", "| | GFLOP | GFLOP/s (compute time) | of fp32 matmul | of fp32 3x3 conv |",
                   "|---|---|---|---|---|"]

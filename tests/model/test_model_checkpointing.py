@@ -49,8 +49,7 @@ def test_checkpointing_same_outputs_and_gradients_less_kept(part: str):
     torch.manual_seed(0)
     plain = DynamicDETR(cfg).train()
     ckpt = copy.deepcopy(plain)
-    sub = {"encoder": ckpt.encoder, "decoder": ckpt.decoder, "dense": ckpt}[part]
-    setattr(sub, "dense_checkpoint" if part == "dense" else "checkpoint", True)
+    (ckpt.cfg.dense if part == "dense" else getattr(ckpt, part)).checkpoint = True
     images, masks = padded_batch([(64, 96), (64, 64)])
     out_a, grads_a, kept_a = _run(plain, images, masks)
     out_b, grads_b, kept_b = _run(ckpt, images, masks)
@@ -69,9 +68,9 @@ def test_checkpointing_built_from_config_and_off_in_eval():
     cfg.encoder.checkpoint = cfg.decoder.checkpoint = cfg.dense.checkpoint = True
     torch.manual_seed(0)
     model = DynamicDETR(cfg)
-    assert model.encoder.checkpoint and model.decoder.checkpoint and model.dense_checkpoint
+    assert model.encoder.checkpoint and model.decoder.checkpoint
     plain = copy.deepcopy(model)
-    plain.encoder.checkpoint = plain.decoder.checkpoint = plain.dense_checkpoint = False
+    plain.encoder.checkpoint = plain.decoder.checkpoint = plain.cfg.dense.checkpoint = False
     images, masks = padded_batch([(64, 96), (64, 64)])
     model.eval(), plain.eval()
     with torch.no_grad():

@@ -54,7 +54,6 @@ class DynamicDETR(nn.Module):
         self.decoder = DynamicDecoder(cfg, self.backbone.strides)
         dc, d = cfg.decoder, cfg.hidden_dim
         self.dense_head = DenseHead(cfg, self.backbone.strides) if cfg.dense.enabled else None
-        self.dense_checkpoint = cfg.dense.checkpoint
         if dc.num_hybrid_queries:  # H-DETR's one-to-many branch: its own queries (content; boxes if learned)
             self.hybrid_embed = nn.Embedding(dc.num_hybrid_queries, d)
             self.hybrid_boxes = nn.Embedding(dc.num_hybrid_queries, 4)
@@ -102,7 +101,7 @@ class DynamicDETR(nn.Module):
         out: dict[str, Any] = {"valid_hw": valid_hw}
         dense = None
         if self.dense_head is not None:
-            dense = out["dense"] = checkpointing.run(self.dense_head, feats, valid, enabled=self.dense_checkpoint)
+            dense = out["dense"] = checkpointing.run(self.dense_head, feats, valid, enabled=self.cfg.dense.checkpoint)
         dc = self.cfg.decoder
         groups = self._query_groups(feats, dense, valid_hw)
         dn = None
