@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from export_helpers import CATEGORY_IDS, live_model, tiny_config
+from export_helpers import CATEGORY_IDS, ContinuousParts, live_model, tiny_config, well_conditioned
 from PIL import Image
 
 from dynamic_detr.cli.main import main
@@ -226,15 +227,26 @@ def test_native_export_refuses_old_opset(model, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # paper_r50: tracing and running a ResNet-50 model with 300 queries
 # paper_r50 in native mode only: the portable lowering (model/deform.py) is the same code at every size and
-# cpu_tiny / cpu_small cover it; paper_r50-portable cost 103 s of CI on a 2-core AVX2 CPU
+# cpu_tiny / cpu_small cover it
 @pytest.mark.parametrize(("preset", "mode"), [("cpu_tiny", "native"), ("cpu_tiny", "portable"),
                                               ("cpu_small", "native"), ("cpu_small", "portable"),
                                               ("cpu_demo", "native"), ("paper_r50", "native")])
 def test_every_preset_exports_with_parity(preset, mode, tmp_path):
     """Each preset at its default export size (paper_r50 at a reduced 320x416 to keep CI short), random weights
-    with the zero-initialised layers perturbed so that every layer matters."""
+    (`well_conditioned`), padded input.
+
+    Parity is checked where it is well defined: every continuous tensor (pyramid, encoder output, dense head,
+    each decoder stage's logits and boxes for fixed proposals) of the model's own forward, exported with the
+    same kernels and symbolics as the product graph, within 3e-5 of its largest magnitude (measured on an
+    AVX-512 CPU: at most 4e-6; dropping the DeformConv mask, leaving the offsets unscaled in the traced graph or
+    RoiAlign without half-pixel coordinates each fail it by 100x or more). The end-to-end top-k of random
+    weights is a ranking of near-tied scores, which rounding reorders on some CPUs and not others (paper_r50
+    failed that way on an AVX-512 CPU); end-to-end parity is tested on a trained model (test_onnx_runner.py)
+    and on cpu_tiny (`test_onnxruntime_matches_pytorch`). The product graph of each
+    preset but paper_r50 (the same graph as cpu_tiny's at another size) is exported and run here too."""
     from dynamic_detr.cli.export import default_image_size
     from dynamic_detr.config import get_preset
+    from dynamic_detr.export.onnx_export import DEFORM_CONV_OPSET, prepare_model, register_deform_conv_symbolic
     from dynamic_detr.model import DynamicDETR
 
     cfg = get_preset(preset)
@@ -242,38 +254,49 @@ def test_every_preset_exports_with_parity(preset, mode, tmp_path):
     cfg.model.num_classes = 6
     size = (320, 416) if preset == "paper_r50" else default_image_size(cfg.data.eval_max_size)
     torch.manual_seed(0)
-    model = DynamicDETR(cfg.model).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape) * 0.05)
-    wrapper = export_onnx(model, tmp_path / "m.onnx", size, portable=mode == "portable")
-    images = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    model = well_conditioned(DynamicDETR(cfg.model).eval())
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(1, 3, *size, generator=g)
     valid = torch.tensor([[size[0] * 3 // 4, size[1]]])
     images[:, :, valid[0, 0]:] = 0
-    sizes = torch.tensor([[480, 640]])
-    parity = compare(wrapper, tmp_path / "m.onnx", images, valid, sizes, top=10)
-    if not (parity.max_box_px < 1.0 and parity.max_score < 1e-3 and parity.label_agreement == 1.0):
-        # Random weights leave these models ill-conditioned: knife-edge choices (the order of near-tied proposals
-        # in query selection, a box on a RoI-level boundary, near-tied final scores) that float32 rounding can
-        # flip, moving whole detections. Rounding differs between onnxruntime and PyTorch's AVX2-only kernels
-        # (measured: cpu_small 90.3 px / 4.9e-3, paper_r50 424 px). Then the graph must agree with PyTorch as
-        # well as PyTorch agrees with itself when the input moves by 1e-5 (1/400 of an 8-bit grey level); that
-        # move gave exactly those figures (cpu_small 90.3 px, paper_r50 424 px, already at 1e-6).
-        self_box, self_score = _sensitivity(wrapper, images, valid, sizes, top=10)
-        assert parity.max_box_px <= 1.5 * self_box + 1.0, (parity.line(), self_box)
-        assert parity.max_score <= 1.5 * self_score + 1e-3, (parity.line(), self_score)
+    k, d = cfg.model.decoder.num_queries, cfg.model.hidden_dim
+    content = torch.randn(1, k, d, generator=g)
+    boxes = torch.cat([0.2 + 0.6 * torch.rand(1, k, 2, generator=g), 0.05 + 0.4 * torch.rand(1, k, 2, generator=g)],
+                      dim=-1)
 
-
-def _sensitivity(wrapper, images, valid, sizes, top: int) -> tuple[float, float]:
-    """Largest change of PyTorch's `top` detections (box px, score, position by position) when the input
-    moves by 1e-6 or 1e-5 Gaussian noise."""
-    box = score = 0.0
+    parts = ContinuousParts(prepare_model(model, portable=mode == "portable")).eval()
+    if mode == "native":
+        register_deform_conv_symbolic()
+    path = tmp_path / "parts.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic becoming constants
+        torch.onnx.export(parts, (images, valid, content, boxes), str(path), opset_version=DEFORM_CONV_OPSET,
+                          dynamo=False, input_names=["images", "valid_sizes", "content", "boxes"])
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    if cfg.model.encoder.enabled:
+        assert ("DeformConv" in ops) == (mode == "native") and ("GridSample" in ops) == (mode == "portable")
+    assert "RoiAlign" in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": images.numpy(), "valid_sizes": valid.numpy(), "content": content.numpy(),
+                             "boxes": boxes.numpy()})
     with torch.no_grad():
-        ref_boxes, ref_scores, _ = wrapper(images, valid, sizes)
-        for eps in (1e-6, 1e-5):
-            noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(2))
-            boxes, scores, _ = wrapper(images + eps * noise, valid, sizes)
-            box = max(box, float((boxes[:, :top] - ref_boxes[:, :top]).abs().max()))
-            score = max(score, float((scores[:, :top] - ref_scores[:, :top]).abs().max()))
-    return box, score
+        ref = parts(images, valid, content, boxes)
+    names = parts.names(len(model.backbone.strides))
+    assert len(got) == len(ref) == len(names)
+    for name, r, o in zip(names, ref, got, strict=True):
+        scale = float(r.abs().max())
+        assert o.shape == tuple(r.shape) and scale > 0, name
+        err = float(np.abs(o - r.numpy()).max())
+        assert err <= 3e-5 * scale, (name, err, scale)
+    # the boxes move from stage to stage (the refinement is in the comparison, not the identity)
+    assert not torch.allclose(ref[-1], boxes, atol=1e-3)
+
+    if preset != "paper_r50":
+        wrapper = export_onnx(model, tmp_path / "m.onnx", size, portable=mode == "portable")
+        sizes = torch.tensor([[480, 640]])
+        out = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, {"images": images.numpy(), "valid_sizes": valid.numpy(), "orig_sizes": sizes.numpy()})
+        with torch.no_grad():
+            ref_boxes, ref_scores, _ = wrapper(images, valid, sizes)
+        assert [o.shape for o in out] == [tuple(ref_boxes.shape), tuple(ref_scores.shape), tuple(ref_scores.shape)]
+        assert np.isfinite(out[0]).all() and ((out[1] >= 0) & (out[1] <= 1)).all()

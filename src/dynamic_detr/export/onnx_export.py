@@ -84,11 +84,17 @@ class ExportWrapper(nn.Module):
         self.top_k = top_k
 
     def forward(self, images: Tensor, valid_sizes: Tensor, orig_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        h, w = images.shape[-2:]
-        rows = torch.arange(h, device=images.device)[None, :, None] >= valid_sizes[:, 0, None, None]
-        cols = torch.arange(w, device=images.device)[None, None, :] >= valid_sizes[:, 1, None, None]
-        masks = rows | cols  # [B, H, W], True = padding (the model's convention)
+        masks = padding_masks(images, valid_sizes)
         return self.model.postprocess_batched(self.model(images, masks), orig_sizes, self.top_k)
+
+
+def padding_masks(images: Tensor, valid_sizes: Tensor) -> Tensor:
+    """[B, H, W] bool, True = padding (the model's convention): everything below / right of each letterboxed
+    image's valid size (`valid_sizes` [B, 2] (h, w))."""
+    h, w = images.shape[-2:]
+    rows = torch.arange(h, device=images.device)[None, :, None] >= valid_sizes[:, 0, None, None]
+    cols = torch.arange(w, device=images.device)[None, None, :] >= valid_sizes[:, 1, None, None]
+    return rows | cols
 
 
 def letterbox(images: list[Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
