@@ -52,6 +52,19 @@ def test_quoted_glob_expands_recursively_relative_to_its_folder(tmp_path):
                                                          "file"]
 
 
+def test_names_never_leave_the_output_folder(tmp_path):
+    """`data/*/../../x/*.png` matched x/a.png under the name `sub/../../x/a`: `predict --out pred` drew over it.
+    Names are normalised; a match outside the glob's root gets its file name only."""
+    for rel in ("data/sub/b.png", "data/other/c.png", "x/a.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel)
+    found = resolve_sources([f"{tmp_path}/data/*/../../x/*.png", f"{tmp_path}/data/sub/../other/*.png",
+                             f"{tmp_path}/data/sub/.."])
+    assert [s.name for s in found.sources] == ["a", "a_1", "c", "other/c", "sub/b"]  # x/a.png via sub and other
+    assert sources_mod._relative_name(Path("../up/a.png"), Path(".")) == "a"
+    assert sources_mod._relative_name(Path("/abs/a.png"), Path("elsewhere")) == "a"
+
+
 def test_inputs_naming_nothing_are_reported(tmp_path):
     empty = tmp_path / "empty"
     (empty / "only" / "folders").mkdir(parents=True)

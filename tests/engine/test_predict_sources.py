@@ -110,6 +110,42 @@ def test_output_folder_above_the_inputs_is_refused_and_inside_them_is_skipped(mo
     assert [s.origin for s in again.sources] == [str(data / "sub" / "a.png")]
 
 
+def test_a_glob_through_dot_dot_never_draws_over_an_input(model_dir, tmp_path, capsys):
+    """`predict 'data/*/../../x/*.png' --out pred` wrote pred/sub/../../x/a.png, i.e. replaced x/a.png."""
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "a.png").write_bytes(png_bytes((40, 30), (200, 40, 40)))
+    before = (tmp_path / "x" / "a.png").read_bytes()
+    out = tmp_path / "pred"
+    assert _predict(model_dir, out, f"{tmp_path}/data/*/../../x/*.png") == 0, capsys.readouterr()
+    assert (tmp_path / "x" / "a.png").read_bytes() == before
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json")) == ["pred/a.json"]
+
+
+def test_the_writer_refuses_a_path_outside_the_output_folder(tmp_path):
+    """The last check, on the final path: a name with `..`, an absolute one, or a symlink leading out is a
+    UserError before anything is written."""
+    from dynamic_detr.data.sources import Item
+    from dynamic_detr.engine.predict_writer import write_predictions
+    from dynamic_detr.errors import UserError
+
+    def detect(images):
+        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+                for _ in images]
+
+    out, outside = tmp_path / "pred", tmp_path / "x"
+    out.mkdir()
+    outside.mkdir()
+    (out / "link").symlink_to(outside, target_is_directory=True)
+    image = torch.zeros((3, 8, 8), dtype=torch.uint8)
+    for name in ("../x/a", str(outside / "a"), "link/a"):
+        with pytest.raises(UserError, match="would be written outside"):
+            write_predictions(detect, {}, [Item(name, "in.png", image)], out, 0.5)
+        assert list(outside.iterdir()) == []
+    write_predictions(detect, {}, [Item("sub/../a", "in.png", image)], out, 0.5)  # stays inside: written
+    assert (out / "a.png").is_file() and (out / "a.json").is_file()
+
+
 def test_eval_reports_progress_off_a_terminal(model_dir, tmp_path, capsys):
     data = make_easy_dataset(tmp_path / "data", {"val": 3}, size=64)
     assert main(["eval", "--checkpoint", str(model_dir), "--data", str(data), "--split", "val",

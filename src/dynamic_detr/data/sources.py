@@ -7,8 +7,9 @@ that memory holds one image (one frame) per item however many there are, and a b
 
 Output names mirror the input: `a.jpg` -> `a`, a folder's `sub/b.png` -> `sub/b` (relative to the folder; a
 glob's matches relative to the folder before its first wildcard), a URL -> the last part of its path, a video
-`clip.mp4` -> `clip`, webcam 0 -> `webcam0`. Names are made unique (`a`, `a_1`, ...) ignoring letter case, so
-no two inputs write the same file on any file system."""
+`clip.mp4` -> `clip`, webcam 0 -> `webcam0`. A name never leaves the output folder (no `..`, no absolute part:
+an input outside its glob's root gets its file name only). Names are made unique (`a`, `a_1`, ...) ignoring
+letter case, so no two inputs write the same file on any file system."""
 
 from __future__ import annotations
 
@@ -254,8 +255,13 @@ def _glob_root(pattern: str) -> Path:
 
 
 def _relative_name(path: Path, root: Path) -> str:
-    """`root/sub/b.png` -> `sub/b` (forward slashes)."""
+    """`root/sub/b.png` -> `sub/b` (forward slashes). Both are normalised first (`a/../b` -> `b`), and a path not
+    under `root` then gets its file name only: a name never holds `..` or an absolute part, so its outputs stay
+    inside the output folder (`data/*/../../x/a.png` -> `a`, not `sub/../../x/a`, which would draw over it)."""
+    path, root = Path(os.path.normpath(path)), Path(os.path.normpath(root))
     rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+    if ".." in rel.parts:  # root "." and a path above it
+        rel = Path(path.name)
     return (PurePosixPath(*rel.parts[:-1]) / rel.stem).as_posix() if rel.parts[:-1] else rel.stem
 
 

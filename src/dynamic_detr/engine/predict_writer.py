@@ -5,11 +5,13 @@
 
 The model is any callable with `Predictor.__call__`'s contract (uint8 [3, H, W] images -> per image `boxes`,
 `scores`, `labels`), so another runtime can use the same outputs. Only `batch_size` decoded images are held at a
-time, and a video's JSON is written frame by frame: memory does not grow with the number of inputs or frames."""
+time, and a video's JSON is written frame by frame: memory does not grow with the number of inputs or frames.
+Every path written is checked to lie inside OUT (a name that would leave it is a UserError, nothing written)."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import IO, Any
 import torch
 
 from ..data.sources import Item, Skipped, VideoStream
+from ..errors import UserError
 from .visualize import draw_detections
 
 Detect = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
@@ -87,12 +90,21 @@ def write_predictions(detect: Detect, names: dict[int, str], items: Iterable[Ite
 def _write_image(out: Path, item: Item, drawn: torch.Tensor, dets: list[dict], threshold: float) -> None:
     from PIL import Image
 
-    base = out / item.name
-    base.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy()).save(base.with_name(base.name + ".png"))
+    png, record_path = _output_path(out, item, ".png"), _output_path(out, item, ".json")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy()).save(png)
     record: dict[str, Any] = {"file": item.origin, "height": int(item.image.shape[-2]),
                               "width": int(item.image.shape[-1]), "threshold": threshold, "detections": dets}
-    base.with_name(base.name + ".json").write_text(json.dumps(record, indent=1))
+    record_path.write_text(json.dumps(record, indent=1))
+
+
+def _output_path(out: Path, item: Item, suffix: str) -> Path:
+    """`out/<name><suffix>`, refused (UserError) unless it lies inside `out`, through `..` and symlinks: a drawing
+    must never replace a file elsewhere, such as an input (`data.sources` makes names safe; this is the last check)."""
+    path = out / (item.name + suffix)
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(out)):
+        raise UserError(f"{item.origin}: output {path} would be written outside {out}; refused")
+    return path
 
 
 class _VideoOutput:
@@ -104,12 +116,12 @@ class _VideoOutput:
 
         assert first.video is not None
         self.stream: VideoStream = first.video
-        base = out / first.name
-        base.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = VideoWriter(base.with_name(base.name + ".mp4"), self.stream.fps)
+        video, record_path = _output_path(out, first, ".mp4"), _output_path(out, first, ".json")
+        video.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = VideoWriter(video, self.stream.fps)
         head = {"file": first.origin, "height": int(first.image.shape[-2]), "width": int(first.image.shape[-1]),
                 "fps": round(self.stream.fps, 3), "threshold": threshold}
-        self.json: IO[str] = base.with_name(base.name + ".json").open("w")
+        self.json: IO[str] = record_path.open("w")
         self.json.write(json.dumps(head)[:-1] + ', "frames": [')
         self.count = 0
 
