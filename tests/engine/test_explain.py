@@ -109,6 +109,15 @@ def test_stage_boxes_are_the_models_and_detections_are_predicts(model_dir, pictu
     assert ex.input_hw == (144, 192)
 
 
+def test_explain_leaves_each_modules_training_mode_as_it_was(model_dir, picture) -> None:
+    model, cfg = load_model(model_dir)
+    model.train()
+    model.backbone.eval()  # a mixed state is restored as it was, not flattened by `train(True)`
+    before = [m.training for m in model.modules()]
+    explain_image(model, cfg, picture, top=2, points=1)
+    assert [m.training for m in model.modules()] == before
+
+
 def test_scale_weights_are_scale_attention_on_each_neighbour(model_dir, picture) -> None:
     model, cfg = load_model(model_dir)
     ex = explain_image(model, cfg, picture)

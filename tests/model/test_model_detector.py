@@ -180,3 +180,19 @@ def test_category_ids_must_match_num_classes():
     cfg.category_ids = [1, 2]
     with pytest.raises(ConfigError, match="category_ids"):
         DynamicDETR(cfg)
+
+
+def test_predict_leaves_each_modules_training_mode_as_it_was():
+    """`model.predict` inside a training loop left the model in eval mode (dropout off, BN statistics frozen)."""
+    import numpy as np
+
+    from dynamic_detr.errors import UserError
+
+    model = DynamicDETR(tiny_cfg(), load_weights=False).train()
+    model.backbone.eval()  # a mixed state (e.g. a frozen part) is kept too, not flattened by `train(True)`
+    before = [m.training for m in model.modules()]
+    model.predict(np.zeros((40, 60, 3), dtype=np.uint8), threshold=0.0)
+    assert [m.training for m in model.modules()] == before
+    with pytest.raises(UserError):
+        model.predict(123)  # an error half-way restores it too
+    assert [m.training for m in model.modules()] == before

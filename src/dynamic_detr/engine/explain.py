@@ -107,7 +107,9 @@ class Explanation:
     queries / scores / labels: [n] the top detections (query index, score, category id); names: id -> name.
     stage_boxes: [n, S + 1, 4]: [:, 0] the initial box, [:, s] decoder stage s's output (s = S: final).
     strides: per pyramid level. scale_weights: [blocks, levels, 3] (finer, same, coarser), NaN = no such
-    neighbour. dyrelu: [blocks, levels, 4] channel means of (a1, a2, b1, b2).
+    neighbour. dyrelu: [blocks, levels, 4] channel means of (a1, a2, b1, b2). gates: [blocks, levels] the
+    residual gate g of out = x + g * block(x) (`EncoderConfig.residual`; a "channel" gate's channel mean), NaN
+    without it. A level the blocks do not run on (`EncoderConfig.levels`) is NaN in every per-level table.
     sample_cells: [p, levels, 2] (i, j) the level cell under each of the first p detections' centres;
     sample_level_px: [blocks, p, levels, 9, 2] (y, x) tap positions in level pixels (the mid conv's input);
     sample_points: [blocks, p, levels, 9, 2] (x, y) the same in original-image pixels; sample_masks:
@@ -124,6 +126,7 @@ class Explanation:
     strides: list[int]
     scale_weights: Tensor
     dyrelu: Tensor
+    gates: Tensor
     sample_cells: Tensor
     sample_level_px: Tensor
     sample_points: Tensor
@@ -161,10 +164,15 @@ def explain_image(model: nn.Module, cfg: Config, image: Tensor, device: torch.de
 
     top: detections whose decoder path is followed; points: of those, how many get sampling points.
     """
-    predictor = Predictor(model, cfg, torch.device(device))  # eval mode, the config's eval transform
-    batch = predictor.batch([image])
-    with ExplainHooks(model) as hooks:
-        out = model(batch.images, batch.masks)
+    modes = [(m, m.training) for m in model.modules()]  # restored after the forward: a training loop's mode
+    try:
+        predictor = Predictor(model, cfg, torch.device(device))  # eval mode, the config's eval transform
+        batch = predictor.batch([image])
+        with ExplainHooks(model) as hooks:
+            out = model(batch.images, batch.masks)
+    finally:
+        for m, mode in modes:
+            m.training = mode
     valid_h, valid_w = (float(v) for v in out["valid_hw"][0])
     scores, queries, labels = (t[0].cpu() for t in top_k_queries(out["logits"], model.cfg.class_loss == "focal",
                                                                   top))
@@ -176,28 +184,33 @@ def explain_image(model: nn.Module, cfg: Config, image: Tensor, device: torch.de
 
     strides = [int(s) for s in model.backbone.strides]
     blocks, levels = len(hooks.scale), len(strides)
+    run = len(hooks.offsets[0]) if blocks else 0  # the levels the blocks run on (EncoderConfig.levels)
     scale = torch.full((blocks, levels, 3), math.nan)
     dyrelu = torch.full((blocks, levels, 4), math.nan)
-    for b in range(blocks):
-        n_lv = len(hooks.scale[b])
+    gates = torch.full((blocks, levels), math.nan)
+    for b, block in enumerate(model.encoder.blocks):
         for lv, weights in enumerate(hooks.scale[b]):
             scale[b, lv, 1] = weights[0]  # [mid, fine (if a finer level exists), coarse (if a coarser one does)]
             rest = iter(weights[1:].tolist())
             if lv > 0:
                 scale[b, lv, 0] = next(rest)
-            if lv + 1 < n_lv:
+            if lv + 1 < levels:
                 scale[b, lv, 2] = next(rest)
         for lv, coeffs in enumerate(hooks.dyrelu[b]):
             dyrelu[b, lv] = coeffs.mean(dim=1)
+        for lv in range(run):
+            gate = block.level_gate(lv)
+            if gate is not None:
+                gates[b, lv] = float(gate.detach().float().mean())
 
     h, w = image.shape[-2:]
     to_orig = torch.tensor([h / valid_h, w / valid_w])  # resized (model input) pixels -> original pixels
     p = min(points, len(queries))
     centres = stage_boxes[:p, -1, :2] * torch.tensor([valid_w, valid_h])  # (x, y) in model-input pixels
-    cells = torch.zeros(p, levels, 2, dtype=torch.long)
-    level_px = torch.zeros(blocks, p, levels, TAPS, 2)
-    masks = torch.zeros(blocks, p, levels, TAPS)
-    for lv, s in enumerate(strides):
+    cells = torch.full((p, levels, 2), -1, dtype=torch.long)
+    level_px = torch.full((blocks, p, levels, TAPS, 2), math.nan)
+    masks = torch.full((blocks, p, levels, TAPS), math.nan)
+    for lv, s in enumerate(strides[:run] if blocks else strides):
         grid_h, grid_w = hooks.offsets[0][lv].shape[-2:] if blocks else (1, 1)
         for d in range(p):
             j = min(max(round(float(centres[d, 0]) / s - 0.5), 0), grid_w - 1)
@@ -212,7 +225,7 @@ def explain_image(model: nn.Module, cfg: Config, image: Tensor, device: torch.de
     names = dict(zip(cfg.model.category_ids, cfg.model.class_names, strict=False))
     return Explanation(image=image.cpu(), input_hw=(round(valid_h), round(valid_w)), names=names,
                        queries=queries, scores=scores, labels=labels, stage_boxes=stage_boxes, strides=strides,
-                       scale_weights=scale, dyrelu=dyrelu, sample_cells=cells, sample_level_px=level_px,
+                       scale_weights=scale, dyrelu=dyrelu, gates=gates, sample_cells=cells, sample_level_px=level_px,
                        sample_points=points_yx.flip(-1), sample_masks=masks)
 
 
@@ -254,6 +267,8 @@ def draw_sampling_points(ex: Explanation, block: int) -> Tensor:
                               width=_line_width(ex.image))
     radius = max(1, round(min(ex.image.shape[-2:]) / 160))
     for lv in reversed(range(len(ex.strides))):  # coarse first: the finer, denser taps stay visible on top
+        if ex.sample_points[block, :, lv].isnan().any():  # a level the blocks do not run on
+            continue
         img = draw_keypoints(img, ex.sample_points[block, :, lv], colors=LEVEL_COLORS[lv % len(LEVEL_COLORS)],
                              radius=radius)
     return img
@@ -357,6 +372,8 @@ def explanation_record(ex: Explanation) -> dict[str, Any]:
     dyrelu = [{"block": b + 1, "level": levels[lv], **dict(zip(("a1", "a2", "b1", "b2"),
                                                                r(ex.dyrelu[b, lv].tolist()), strict=True))}
               for b in range(ex.dyrelu.shape[0]) for lv in range(len(levels))]
+    gates = [{"block": b + 1, "level": levels[lv], "gate": r(ex.gates[b, lv])}
+             for b in range(ex.gates.shape[0]) for lv in range(len(levels))]
     sampling = [{"block": b + 1, "detection": d, "level": levels[lv], "cell": ex.sample_cells[d, lv].tolist(),
                  "points_xy": r(ex.sample_points[b, d, lv].tolist()), "mask": r(ex.sample_masks[b, d, lv].tolist())}
                 for b in range(ex.sample_points.shape[0]) for d in range(ex.sample_points.shape[1])
@@ -364,5 +381,5 @@ def explanation_record(ex: Explanation) -> dict[str, Any]:
     return {"image_size": list(ex.image.shape[-2:]), "input_size": list(ex.input_hw), "strides": ex.strides,
             "stage_colors": {("initial" if s == 0 else f"stage {s}"): "#{:02x}{:02x}{:02x}".format(*c)
                              for s, c in enumerate(colors)},
-            "detections": dets, "scale_attention": scale, "dyrelu": dyrelu, "level_colors":
+            "detections": dets, "scale_attention": scale, "dyrelu": dyrelu, "gates": gates, "level_colors":
             dict(zip(levels, LEVEL_COLORS, strict=False)), "sampling": sampling}

@@ -224,7 +224,8 @@ class DynamicDETR(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Any, threshold: float = 0.5, batch_size: int = 8) -> list[dict[str, Any]]:
-        """Detect objects; the config's eval transform (resize) is applied, `batch_size` images at a time.
+        """Detect objects; the config's eval transform (resize) is applied, `batch_size` images at a time. Runs in
+        eval mode and leaves every module's training mode as it was (a check inside a training loop).
 
         Args:
             images: one image or a list of them; each a PIL image, a numpy HWC (or HW) uint8 array, a tensor
@@ -239,14 +240,19 @@ class DynamicDETR(nn.Module):
 
         items = images if isinstance(images, list | tuple) else [images]
         device = next(self.parameters()).device
-        predictor = Predictor(self, self.run_config or Config(model=self.cfg), device)
-        results = []
-        for start in range(0, len(items), batch_size):
-            for res in predictor([_as_image_tensor(x) for x in items[start:start + batch_size]]):
-                keep = res["scores"] >= threshold
-                res = {k: v[keep] for k, v in res.items()}
-                res["names"] = [predictor.names.get(int(c), str(int(c))) for c in res["labels"]]
-                results.append(res)
+        modes = [(m, m.training) for m in self.modules()]  # Predictor sets eval mode: a training loop's is restored
+        try:
+            predictor = Predictor(self, self.run_config or Config(model=self.cfg), device)
+            results = []
+            for start in range(0, len(items), batch_size):
+                for res in predictor([_as_image_tensor(x) for x in items[start:start + batch_size]]):
+                    keep = res["scores"] >= threshold
+                    res = {k: v[keep] for k, v in res.items()}
+                    res["names"] = [predictor.names.get(int(c), str(int(c))) for c in res["labels"]]
+                    results.append(res)
+        finally:
+            for m, mode in modes:
+                m.training = mode
         return results
 
 
