@@ -18,6 +18,8 @@ def test_preset_yaml_round_trip(name, tmp_path):
 def test_paper_preset_matches_paper():
     m = get_preset("paper_r50").model
     assert (m.backbone.depth, m.hidden_dim, m.encoder.num_blocks) == (50, 256, 6)
+    # the dynamic encoder on every level, no residual gate (DyHead's block as the paper uses it)
+    assert m.encoder.enabled and m.encoder.levels == 0 and not m.encoder.residual
     assert (m.decoder.num_stages, m.decoder.num_queries, m.decoder.num_heads, m.decoder.roi_size) == (6, 300, 4, 7)
     d = get_preset("paper_r50").data
     assert (d.eval_short_side, d.eval_max_size, min(d.train_short_sides), max(d.train_short_sides)) == (

@@ -63,9 +63,22 @@ class EncoderConfig:
     """DyHead's scale attention is hard_sigmoid(ReLU(conv1x1(pool))); the ReLU makes a negative logit a unit
     without gradient, so it is off by default (hard_sigmoid alone, still 0.5 at init)."""
     residual: bool = False
-    """Not in the paper (nor in DyHead): each block becomes out = x + g * block(x) with one learned scalar g
-    per block initialised to 0 (ReZero), so that the untrained encoder starts as the identity and the decoder
-    sees the FPN features unscrambled. Measured effect: docs/benchmarks.md (convergence ladder)."""
+    """Not in the paper (nor in DyHead, which has no gate): each block becomes out = x + g * block(x) with a
+    learned gate g initialised to `gate_init` (0: ReZero, Bachlechner et al. 2020), so that the untrained
+    encoder starts as the identity and the decoder sees the FPN features unscrambled. Measured effect:
+    docs/benchmarks.md (convergence ladder)."""
+    gate: str = "block"
+    """Shape of the residual gate g (with `residual`): "block" = one scalar per block (ReZero), "channel" = one
+    per level and channel (LayerScale, Touvron et al. 2021: each level opens on its own). Not in the paper."""
+    gate_init: float = 0.0
+    """Initial value of every residual gate (ReZero: 0; LayerScale: a small non-zero value such as 0.1, so
+    that the block's output has a gradient path from the first step). Not in the paper."""
+    levels: int = 0
+    """The blocks run on the finest `levels` pyramid levels (P3 first); the coarser ones pass through
+    unchanged (the FPN's features) and still serve as the coarser neighbour of the last one run. 0 = all
+    levels (the paper). At CPU image sizes (<= 320 px) the RoIs are pooled from P3 and the dense head's
+    positives fall on P3-P4, so the blocks' work on P5-P7 feeds little that the losses read. Not in the
+    paper."""
     checkpoint: bool = False
     """Activation checkpointing of each block (model/checkpointing.py; not in the paper): its training
     activations are recomputed in the backward instead of kept. Same outputs and gradients; less memory, a
@@ -330,6 +343,8 @@ class Config:
             (m.decoder.num_stages >= 1, "model.decoder.num_stages must be >= 1"),
             (m.decoder.num_queries >= 1, "model.decoder.num_queries must be >= 1"),
             (m.encoder.num_blocks >= 0, "model.encoder.num_blocks must be >= 0"),
+            (m.encoder.levels >= 0, "model.encoder.levels must be >= 0 (0 = all levels)"),
+            (m.encoder.gate in ("block", "channel"), "model.encoder.gate must be block|channel"),
             (m.decoder.box_pos in ("sine", "none"), "model.decoder.box_pos must be 'sine' or 'none'"),
             (m.decoder.num_reg_layers >= 0 and m.decoder.num_cls_layers >= 0,
              "model.decoder.num_reg_layers / num_cls_layers must be >= 0"),
@@ -500,7 +515,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 # --------------------------------------------------------------------------- the convergence recipe
 RECIPE: list[tuple[str, list[str]]] = [
-    ("fixes", ["model.encoder.residual", "train.lr_offset_mult", "train.lr_dynamic_mult",
+    ("fixes", ["model.encoder.residual", "model.encoder.gate", "model.encoder.gate_init", "model.encoder.levels",
+               "train.lr_offset_mult", "train.lr_dynamic_mult",
                "model.decoder.roi_canonical_size"]),
     ("dense_head", ["model.dense.enabled", "model.dense.num_convs", "model.dense.center_radius",
                     "loss.dense_weight"]),

@@ -262,3 +262,30 @@ def test_explain_bad_inputs(model_dir, tmp_path, capsys) -> None:
     assert "cannot decode" in capsys.readouterr().err
     assert main(["explain", "--checkpoint", str(model_dir), str(broken), "--out", str(tmp_path)]) == 2
     assert "holds the input" in capsys.readouterr().err
+
+
+def test_levels_not_run_are_blank_and_gates_are_shown(picture, tmp_path, capsys) -> None:
+    """An encoder on P3-P4 only (`EncoderConfig.levels`) with channel gates: the gates table holds each level's
+    channel-mean gate, P5..P7 are NaN in every per-level table and get no sampling points, P4 keeps its coarser
+    neighbour (P5 passes through but is still read), and the CLI prints the gates."""
+    cfg = _config()
+    e = cfg.model.encoder
+    e.residual, e.gate, e.gate_init, e.levels = True, "channel", 0.25, 2
+    torch.manual_seed(0)
+    model = DynamicDETR(cfg.model)
+    with torch.no_grad():
+        model.encoder.blocks[1].gate[1].fill_(-0.5)
+    model.run_config = cfg
+    ex = explain_image(model, cfg, picture, top=3, points=2)
+    assert ex.gates.shape == (BLOCKS, 5)
+    assert ex.gates[:, :2].tolist() == [[0.25, 0.25], [0.25, -0.5]] and ex.gates[:, 2:].isnan().all()
+    assert not ex.scale_weights[:, 1, 2].isnan().any()  # P4's coarser neighbour
+    assert ex.scale_weights[:, 2:].isnan().all() and ex.dyrelu[:, 2:].isnan().all()
+    assert not ex.sample_points[:, :, :2].isnan().any() and ex.sample_points[:, :, 2:].isnan().all()
+    model.save_pretrained(tmp_path / "m")
+    img = tmp_path / "a.png"
+    Image.fromarray(picture.permute(1, 2, 0).numpy()).save(img)
+    assert main(["explain", "--checkpoint", str(tmp_path / "m"), str(img), "--out", str(tmp_path / "ex")]) == 0
+    assert "encoder block 2 gate: P3 +0.250, P4 -0.500" in capsys.readouterr().out
+    record = json.loads((tmp_path / "ex" / "explain.json").read_text())
+    assert {"block": 2, "level": "P4", "gate": -0.5} in record["gates"]

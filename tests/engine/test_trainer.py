@@ -136,8 +136,10 @@ def test_run_folder_contents(easy, tmp_path):
     assert any((run / "tensorboard").iterdir())
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    for key in ("loss", "loss_class_0", "loss_bbox_1", "loss_giou_1", "lr", "epoch_time_s", "AP", "AP50", "APs"):
+    for key in ("loss", "loss_class_0", "loss_bbox_1", "loss_giou_1", "lr", "epoch_time_s", "AP", "AP50", "APs",
+                "enc_b1_scale_P3", "enc_b1_offset_P7"):  # the encoder's (DynamicEncoder.stats), each epoch
         assert key in rows[0], key
+    assert float(rows[1]["enc_b1_offset_P3"]) > 0  # the offsets left their zero init
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"square", "disc"}
     assert 0 <= metrics["AP"] <= 100

@@ -148,3 +148,65 @@ def test_residual_block_starts_as_identity_and_learns_its_gate():
     assert block.gate.grad is not None and block.gate.grad.abs() > 0
     plain = enc.DynamicEncoderBlock(C, 5, EncoderConfig(gn_groups=4))
     assert plain.gate is None and not torch.equal(plain(feats)[0], feats[0])
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_levels_runs_the_finest_and_passes_the_rest_through(share):
+    """levels=2: P3 and P4 are computed, P5..P7 are the input's tensors; P4 still reads P5 as its coarser
+    neighbour, so its output is the full block's."""
+    torch.manual_seed(0)
+    full = enc.DynamicEncoderBlock(C, 5, EncoderConfig(gn_groups=4, share_levels=share))
+    torch.manual_seed(0)
+    cut = enc.DynamicEncoderBlock(C, 5, EncoderConfig(gn_groups=4, share_levels=share, levels=2))
+    if not share:  # the same weights for the two levels both run
+        cut.levels.load_state_dict({k: v for k, v in full.levels.state_dict().items() if int(k[0]) < 2})
+    assert len(cut.levels) == (1 if share else 2)
+    feats = pyramid(64, 64)
+    want, got = full(feats), cut(feats)
+    for lv in range(2):
+        torch.testing.assert_close(got[lv], want[lv])
+        assert not torch.equal(got[lv], feats[lv])
+    assert all(got[lv] is feats[lv] for lv in range(2, 5))
+    assert enc.DynamicEncoderBlock(C, 5, EncoderConfig(gn_groups=4, levels=9)).num_run == 5  # at most all
+
+
+def test_channel_gate_opens_each_level_on_its_own():
+    """gate="channel": one gate per level and channel, at gate_init; each level's output is x + g_l * block(x)
+    and the levels' gates get their own gradients."""
+    torch.manual_seed(0)
+    cfg = EncoderConfig(gn_groups=4, residual=True, gate="channel", gate_init=0.1, levels=3)
+    block = enc.DynamicEncoderBlock(C, 5, cfg)
+    assert block.gate.shape == (3, C, 1, 1) and torch.all(block.gate == 0.1)
+    torch.manual_seed(0)
+    plain = enc.DynamicEncoderBlock(C, 5, EncoderConfig(gn_groups=4, levels=3))
+    feats = pyramid(64, 64)
+    out, inner = block(feats), plain(feats)
+    for lv in range(3):
+        torch.testing.assert_close(out[lv], feats[lv] + 0.1 * inner[lv])
+    sum(o.square().sum() for o in out[:3]).backward()
+    assert block.gate.grad.shape == block.gate.shape and (block.gate.grad.flatten(1).abs().sum(1) > 0).all()
+    with torch.no_grad():
+        block.gate[1].zero_()  # closing one level's gate leaves that level the identity, the others not
+    out = block(feats)
+    assert torch.equal(out[1], feats[1]) and not torch.equal(out[0], feats[0])
+
+
+def test_stats_report_gates_scale_attention_and_offsets():
+    """`DynamicEncoder.stats`: gates are read from the parameters; scale attention and |offset| come from the
+    last training forward (none in eval), per block and level run."""
+    torch.manual_seed(0)
+    e = enc.DynamicEncoder(C, 5, EncoderConfig(gn_groups=4, num_blocks=2, residual=True, levels=2))
+    with torch.no_grad():
+        e.blocks[1].gate.fill_(0.25)
+        e.blocks[0].levels[0].offset.bias[:18].fill_(1.5)  # every offset of block 1 is 1.5 level pixels
+    assert set(e.eval().stats()) == {"enc_b1_gate", "enc_b2_gate"}  # no training forward yet
+    e.train()(pyramid(64, 64))
+    stats = e.stats()
+    assert stats["enc_b1_gate"] == 0.0 and stats["enc_b2_gate"] == 0.25
+    assert stats["enc_b1_offset_P3"] == pytest.approx(1.5) and stats["enc_b1_offset_P4"] == pytest.approx(1.5)
+    assert stats["enc_b2_offset_P3"] == 0.0  # zero-initialised offset conv
+    assert stats["enc_b1_scale_P3"] == pytest.approx(0.5, abs=0.05)  # hard sigmoid of ~0 at init
+    assert not any(k.endswith(("_P5", "_P6", "_P7")) for k in stats)  # levels=2: P5..P7 not run
+    channel = enc.DynamicEncoder(C, 5, EncoderConfig(gn_groups=4, num_blocks=1, residual=True, gate="channel",
+                                                     gate_init=0.5, levels=1))
+    assert channel.stats() == {"enc_b1_gate_P3": 0.5, "enc_b1_gate_P3_rms": 0.5}

@@ -56,5 +56,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"query {int(q)}: {ex.names.get(int(c), str(int(c)))} {float(s):.3f}")
     if ex.scale_weights.shape[0] == 0:
         print("the model has no dynamic encoder blocks: only the decoder path is drawn")
+    elif not ex.gates.isnan().all():  # out = x + g * block(x): how much of each block the pyramid gets
+        for b, row in enumerate(ex.gates.tolist(), start=1):
+            print(f"encoder block {b} gate: " + ", ".join(f"{name} {g:+.3f}" for name, g in
+                                                         zip(ex.level_names, row, strict=True) if g == g))
     print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
     return 0

@@ -2,7 +2,8 @@
 EMA, epoch and time budgets, checkpoint/resume, evaluation, and the run folder.
 
     run/config.yaml          resolved config (num_classes and category ids filled from the dataset)
-    run/results.csv          one row per epoch: every loss term, lr, time, val AP..APl
+    run/results.csv          one row per epoch: every loss term, lr, time, val AP..APl, the dynamic encoder's gates,
+                             scale attention and offsets (`DynamicEncoder.stats`)
     run/tensorboard/         TensorBoard events
     run/last.pt, best.pt     full training state (atomic writes; `weights_only` loadable)
     run/weights/last.safetensors, best.safetensors   model weights (+ config in the metadata)
@@ -591,6 +592,8 @@ class Trainer:
                                "epoch_time_s": round(seconds, 1), "elapsed_min": round(self.state["elapsed"] / 60, 2),
                                "skipped_steps": skipped}
         row.update(mean)
+        # the dynamic encoder's gates, scale attention and offsets (`DynamicEncoder.stats`): whether it is used
+        row.update({k: round(v, 5) for k, v in self.model.encoder.stats().items()})
         if metrics is not None:
             self._last_metrics = metrics
             row.update({k: round(metrics[k], 2) for k in AP_KEYS})

@@ -138,15 +138,30 @@ class LevelOps(nn.Module):
 
 class DynamicEncoderBlock(nn.Module):
     """One DyHead block over a pyramid. Weights are shared across levels (DyHead) unless
-    `cfg.share_levels` is False, in which case each of the `num_levels` levels has its own LevelOps."""
+    `cfg.share_levels` is False, in which case each level it runs on has its own LevelOps. It runs on the
+    finest `cfg.levels` of the `num_levels` levels (0 = all); the others pass through."""
 
     def __init__(self, channels: int, num_levels: int, cfg: EncoderConfig) -> None:
         super().__init__()
         self.scale_fine_offsets = cfg.scale_fine_offsets
-        n = 1 if cfg.share_levels else num_levels
+        self.num_run = min(cfg.levels, num_levels) if cfg.levels else num_levels
+        n = 1 if cfg.share_levels else self.num_run
         self.levels = nn.ModuleList(LevelOps(channels, cfg) for _ in range(n))
-        # EncoderConfig.residual (not in the paper): out = x + g * block(x), g = 0 at init (ReZero)
-        self.gate = nn.Parameter(torch.zeros(())) if cfg.residual else None
+        # EncoderConfig.residual (not in the paper): out = x + g * block(x), g = gate_init (0: ReZero) at init,
+        # one scalar (gate "block") or one per level and channel (gate "channel", LayerScale)
+        self.gate: nn.Parameter | None = None
+        if cfg.residual:
+            shape = () if cfg.gate == "block" else (self.num_run, channels, 1, 1)
+            self.gate = nn.Parameter(torch.full(shape, float(cfg.gate_init)))
+        self.stats: dict[str, Tensor] = {}
+        """Of the last training forward, detached: per level run, `scale_P{l}` the mean scale-attention weight
+        and `offset_P{l}` the mean |offset| of s_i (level pixels); read by `DynamicEncoder.stats`."""
+
+    def level_gate(self, i: int) -> Tensor | None:
+        """The residual gate of the i-th level run (a scalar or [C, 1, 1]); None without `residual`."""
+        if self.gate is None or self.gate.dim() == 0:
+            return self.gate
+        return self.gate[i]
 
     def forward(self, feats: list[Tensor], valid: list[Tensor] | None = None) -> list[Tensor]:
         """feats: [P_i: [B, C, H_i, W_i]] finest first -> same shapes. `valid`: per level [B, 1, H_i, W_i], 1
@@ -155,7 +170,8 @@ class DynamicEncoderBlock(nn.Module):
         if valid is not None:
             feats = [f * v.to(f.dtype) for f, v in zip(feats, valid, strict=True)]
         outs = []
-        for i, x in enumerate(feats):
+        stats = {}
+        for i, x in enumerate(feats[: self.num_run]):
             v_i = None if valid is None else valid[i]
             ops = self.levels[0 if len(self.levels) == 1 else i]
             size = _hw(x)
@@ -182,11 +198,19 @@ class DynamicEncoderBlock(nn.Module):
                 y = ops.coarse(coarse, *offsets_for(offset, mask, csize, ratio), v_c)
                 branches.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
             stacked = torch.stack(branches)  # [n, B, C, H, W], n = 2 at the pyramid's ends, 3 inside
-            out = ops.dyrelu((stacked * ops.scale_attn(stacked, v_i)).mean(dim=0), v_i)
+            weights = ops.scale_attn(stacked, v_i)
+            out = ops.dyrelu((stacked * weights).mean(dim=0), v_i)
             if v_i is not None:
                 out = out * v_i.to(out.dtype)
-            outs.append(out if self.gate is None else x + self.gate * out)
-        return outs
+            gate = self.level_gate(i)
+            outs.append(out if gate is None else x + gate * out)
+            if self.training:
+                level = f"P{3 + i}"
+                stats[f"scale_{level}"] = weights.detach().float().mean()
+                stats[f"offset_{level}"] = offset.detach().float().abs().mean()
+        if self.training:
+            self.stats = stats
+        return outs + feats[self.num_run:]
 
 
 class DynamicEncoder(nn.Module):
@@ -204,3 +228,21 @@ class DynamicEncoder(nn.Module):
         for block in self.blocks:
             feats = checkpointing.run(block, feats, valid, enabled=self.checkpoint)
         return feats
+
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        """What the encoder does, for the training log (results.csv, TensorBoard): per block b (from 1) and
+        level run, `enc_b{b}_gate` (a "block" gate) or `enc_b{b}_gate_P{l}` (a "channel" gate: the mean over
+        channels; `..._rms` its root mean square), and, from the last training forward, `enc_b{b}_scale_P{l}`
+        (mean scale-attention weight) and `enc_b{b}_offset_P{l}` (mean |offset|, level pixels)."""
+        out: dict[str, float] = {}
+        for b, block in enumerate(self.blocks, start=1):
+            if block.gate is not None and block.gate.dim() == 0:
+                out[f"enc_b{b}_gate"] = float(block.gate)
+            elif block.gate is not None:
+                for i in range(block.num_run):
+                    g = block.gate[i].float()
+                    out[f"enc_b{b}_gate_P{3 + i}"] = float(g.mean())
+                    out[f"enc_b{b}_gate_P{3 + i}_rms"] = float(g.square().mean().sqrt())
+            out.update({f"enc_b{b}_{k}": float(v) for k, v in block.stats.items()})
+        return out
