@@ -73,6 +73,11 @@ class EncoderConfig:
     gate_init: float = 0.0
     """Initial value of every residual gate (ReZero: 0; LayerScale: a small non-zero value such as 0.1, so
     that the block's output has a gradient path from the first step). Not in the paper."""
+    dynamic: bool = True
+    """False gives a static control (not in the paper; an experiment's arm, docs/benchmarks.md): the same
+    convolutions at the same cost, with nothing dynamic left: offsets frozen at 0, modulation masks at 0.5,
+    scale attention at 0.5 and DyReLU a plain ReLU (their layers frozen at that init). It separates "dynamic
+    attention" from "more convolutions"."""
     levels: int = 0
     """The blocks run on the finest `levels` pyramid levels (P3 first); the coarser ones pass through
     unchanged (the FPN's features) and still serve as the coarser neighbour of the last one run. 0 = all
@@ -516,6 +521,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 # --------------------------------------------------------------------------- the convergence recipe
 RECIPE: list[tuple[str, list[str]]] = [
     ("fixes", ["model.encoder.residual", "model.encoder.gate", "model.encoder.gate_init", "model.encoder.levels",
+               "model.encoder.dynamic",
                "train.lr_offset_mult", "train.lr_dynamic_mult",
                "model.decoder.roi_canonical_size"]),
     ("dense_head", ["model.dense.enabled", "model.dense.num_convs", "model.dense.center_radius",

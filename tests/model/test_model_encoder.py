@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dynamic_detr.config import EncoderConfig
 from dynamic_detr.model import encoder as enc
@@ -210,3 +211,30 @@ def test_stats_report_gates_scale_attention_and_offsets():
     channel = enc.DynamicEncoder(C, 5, EncoderConfig(gn_groups=4, num_blocks=1, residual=True, gate="channel",
                                                      gate_init=0.5, levels=1))
     assert channel.stats() == {"enc_b1_gate_P3": 0.5, "enc_b1_gate_P3_rms": 0.5}
+
+
+def test_static_control_has_the_same_convs_and_no_dynamics():
+    """dynamic=False: the same parameters (and calls) as the dynamic block, but offsets / masks, scale attention
+    and DyReLU are frozen at their neutral init, so the block is plain convs: averaging the branches with
+    weights 0.5 and a ReLU. Its convs still train."""
+    torch.manual_seed(0)
+    static = enc.DynamicEncoderBlock(C, 3, EncoderConfig(gn_groups=4, dynamic=False))
+    dynamic = enc.DynamicEncoderBlock(C, 3, EncoderConfig(gn_groups=4))
+    assert [n for n, _ in static.named_parameters()] == [n for n, _ in dynamic.named_parameters()]
+    frozen = {n for n, p in static.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.split(".")[2] in ("offset", "scale_attn", "dyrelu") for n in frozen)
+    assert all(p.requires_grad for n, p in static.named_parameters() if ".mid." in n or ".fine." in n)
+    feats = pyramid(64, 64, levels=3)  # 8x8, 4x4, 2x2
+    ops = static.levels[0]
+    offset = torch.zeros(1, 18, 4, 4)
+    mask = torch.full((1, 9, 4, 4), 0.5)
+    # level P4 (4x4): finer branch from P3 at stride 2, same, coarser upsampled, each weighted 0.5, mean, ReLU
+    branches = [ops.mid(feats[1], offset, mask), ops.fine(feats[0], offset * 2, mask),
+                F.interpolate(ops.coarse(feats[2], offset[..., :2, :2] / 2, mask[..., :2, :2]), size=(4, 4),
+                              mode="bilinear", align_corners=False)]
+    want = torch.relu(0.5 * torch.stack(branches).mean(0))
+    torch.testing.assert_close(static(feats)[1], want)
+    with torch.no_grad():  # the same check fails for the dynamic block once its attention is away from init
+        dynamic.load_state_dict(static.state_dict())
+        dynamic.levels[0].scale_attn.fc.bias.fill_(1.0)
+    assert not torch.allclose(dynamic(feats)[1], want)

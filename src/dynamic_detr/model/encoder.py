@@ -134,6 +134,10 @@ class LevelOps(nn.Module):
         self.fine = DefConvGN(channels, 2, cfg.gn_groups, cfg.deform_impl)  # P_{i-1}, stride 2
         self.scale_attn = ScaleAttention(channels, cfg.scale_attn_relu)
         self.dyrelu = DyReLU(channels)
+        if not cfg.dynamic:  # the static control: every attention frozen at its neutral init
+            nn.init.zeros_(self.scale_attn.fc.weight)  # w = hard_sigmoid(0) = 0.5 for every input
+            for module in (self.offset, self.scale_attn, self.dyrelu):
+                module.requires_grad_(False)
 
 
 class DynamicEncoderBlock(nn.Module):
