@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import PRESETS, Config, apply_overrides, get_preset, load_config
+from ..errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None = None) -> None:
@@ -18,5 +24,45 @@ def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None 
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    cfg = load_config(args.config) if getattr(args, "config", None) else get_preset(args.preset)
+    if getattr(args, "config", None):
+        try:
+            cfg = load_config(args.config)
+        except UnicodeDecodeError as e:  # a binary file: load_config reads it as UTF-8 text
+            raise ConfigError(f"{args.config}: not a YAML config (not UTF-8 text: byte {e.start:,} is "
+                              f"{e.object[e.start:e.start + 1]!r})") from None
+    else:
+        cfg = get_preset(args.preset)
     return apply_overrides(cfg, list(getattr(args, "overrides", []) or []))
+
+
+def check_at_least(value: int, minimum: int, flag: str) -> int:
+    """An integer option's lower bound, as a one-line UserError (argparse's would print the usage too)."""
+    if value < minimum:
+        raise UserError(f"{flag} must be at least {minimum}, got {value}")
+    return value
+
+
+def resolve_device(text: str | None) -> torch.device:
+    """`--device` (default: cuda when available): a name torch does not know, or a CUDA device this machine does
+    not have, is a UserError before anything loads."""
+    import torch
+
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {text}: not a device (cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def check_out_folder(path: Path, flag: str = "--out") -> Path:
+    """A folder to create or write into: an existing file there (or as one of its parents) is a UserError."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{flag} {path}: {'is' if p == path else f'{p} is'} a file, not a folder")
+            break
+    return path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..data.layout import FORMATS, SplitSource, find_splits, resolve_split
 from ..errors import UserError
-from .common import add_config_args, resolve_config
+from .common import add_config_args, check_at_least, check_out_folder, resolve_config
 
 IMAGE_MODES = ("copy", "symlink", "hardlink")
 """`data convert --image-files` (data.convert.IMAGE_MODES; not imported here: numpy at start-up)."""
@@ -124,6 +124,7 @@ def _synth(args: argparse.Namespace) -> int:
         raise UserError(f"--train and --val must be >= 0, got {args.train} and {args.val}")
     if args.image_size < 32:
         raise UserError(f"--image-size must be >= 32, got {args.image_size}")
+    check_out_folder(args.out)
     try:
         stats = generate(args.out, train=args.train, val=args.val, image_size=args.image_size, seed=args.seed,
                          progress=sys.stderr.isatty())
@@ -154,6 +155,8 @@ def _check(args: argparse.Namespace) -> int:
 
     if not args.data.is_dir():
         raise UserError(f"{args.data}: dataset folder not found")
+    if args.workers is not None:
+        check_at_least(args.workers, 1, "--workers")
     failed = False
     for source in _sources(args):
         print(f"layout: {source.describe()}")
@@ -174,6 +177,7 @@ def _show(args: argparse.Namespace) -> int:
 
     if args.n < 0:
         raise UserError(f"--n must be >= 0, got {args.n}")
+    check_out_folder(args.out)
     if not args.data.is_dir():
         raise UserError(f"{args.data}: dataset folder not found")
     cfg = resolve_config(args)
@@ -198,6 +202,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     if not args.data.is_dir():
         raise UserError(f"{args.data}: dataset folder not found")
+    check_out_folder(args.out)
     if args.out.resolve() == args.data.resolve():
         raise UserError(f"{args.out}: is the dataset folder itself; choose another --out")
     args.ann = args.images = ""

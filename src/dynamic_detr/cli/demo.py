@@ -45,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import format_table
     from ..engine.trainer import Trainer
     from ..errors import UserError
+    from .common import check_out_folder, resolve_device
 
+    resolve_device(args.device)  # checked here: the trainer takes the name
+    check_out_folder(args.out)
     start = time.perf_counter()
     data = args.data or args.out / "data"
     if not all(annotation_path(data, s).exists() for s in ("train", "val")):

@@ -33,12 +33,17 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..errors import UserError
+    from .common import check_at_least, check_out_folder, resolve_device
 
     if not 0 <= args.plot_threshold <= 1:
         raise UserError(f"--plot-threshold must be in [0, 1], got {args.plot_threshold}")
+    check_at_least(args.batch_size, 1, "--batch-size")
+    check_at_least(args.workers, 0, "--workers")
+    if args.plots:
+        check_out_folder(args.plots, "--plots")
+    device = resolve_device(args.device)
 
     from ..data.coco import CocoDetection
     from ..data.collate import build_loader
@@ -51,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.sampler import SeededDataset
     from ..export.onnx_runner import is_onnx, load_onnx
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = (load_onnx(args.checkpoint) if is_onnx(args.checkpoint)
                   else load_model(args.checkpoint, device, prefer_ema=not args.raw))
     split = args.split or cfg.data.val_split

@@ -65,18 +65,19 @@ def list_inputs(inputs: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..data.sources import iter_items, resolve_sources
     from ..engine.loading import load_model
     from ..engine.predictor import Predictor, check_output_folder
     from ..engine.progress import progress
     from ..export.onnx_runner import is_onnx, load_onnx
+    from .common import check_out_folder, resolve_device
 
+    device = resolve_device(args.device)
+    check_out_folder(args.out)
     sources = resolve_sources(args.inputs, args.out)  # paths only; a video without PyAV stops here
     check_output_folder(sources.local_files(), args.out, nested=True)  # before loading the model: refuse early
     _refuse_empty(sources.missing, bool(sources.sources))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_onnx(args.checkpoint) if is_onnx(args.checkpoint) else load_model(args.checkpoint, device)
     args.out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(model, cfg, device)

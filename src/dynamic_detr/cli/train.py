@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .common import add_config_args, resolve_config
+from .common import add_config_args, check_out_folder, resolve_config, resolve_device
 
 
 def register(sub) -> None:
@@ -48,12 +48,14 @@ def run(args: argparse.Namespace) -> int:
                         "give one of them")
     if args.exist_ok and resume:
         raise UserError("--exist-ok starts the run in --out over, --resume continues it: give one of them")
+    resolve_device(args.device)  # checked here: the trainer takes the name
     cfg = resolve_config(args)
     out = args.out
     if out is None:
         out = Path(args.resume) if args.resume not in (False, True) else Path("runs") / cfg.name
         if out.suffix == ".pt":
             out = out.parent
+    check_out_folder(out)
     if not resume and not args.exist_ok:
         # every process decides the same way: none writes before all have joined the process group
         free = fresh_run_dir(out)
