@@ -14,8 +14,9 @@ of a curve is a point of the same run; `--lr-drop E` instead multiplies every lr
 paper's 1x schedule drops after 11 of 12), for runs long enough to read a plateau (use it with `--minutes 0`).
 
 Default setup (documented in docs/benchmarks.md): the synthetic dataset, 480 train / 120 val images with a
-192 px long side, the `cpu_small` model with the augmentation recipe scaled to 192 px, batch 8, seed 0;
-8 epochs and 6 minutes.
+192 px long side (data seed 0), the `cpu_small` model with the augmentation recipe scaled to 192 px, batch 8,
+init seed 0; 8 epochs and 6 minutes. `--seed` changes the init (weights and training order) only, `--data-seed`
+the dataset: runs of several init seeds on one dataset are compared pairwise by `benchmarks/paired.py`.
 
     .venv/bin/python benchmarks/convergence.py                       # all contenders, ~75 minutes on 2 cores
     .venv/bin/python benchmarks/convergence.py --only dynamic_detr hf_detr --epochs 2
@@ -250,7 +251,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr-drop", type=int, default=0, metavar="E",
                    help="lr x0.1 after epoch E (0: constant lr after the warm-up)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="init seed: the model's random weights and the training order (not the data)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the generated synthetic dataset, kept apart from --seed so that runs with "
+                        "several init seeds see the same images (benchmarks/paired.py compares them)")
     p.add_argument("--only", nargs="+", choices=peers.ALL, help="contenders to run (default: all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--work", type=Path, default=common.ROOT / "runs" / "bench", help="where data is generated")
@@ -274,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = common.sized_data_overrides(args.image_size) + overrides
     cfg = common.make_config(args.preset, overrides)
     if args.data is None:
-        data = common.synthetic_data(args.work, *args.synth, image_size=args.image_size or 320, seed=args.seed)
-        data_desc = f"synthetic {args.synth[0]} train / {args.synth[1]} val, {args.image_size or 320} px"
+        data = common.synthetic_data(args.work, *args.synth, image_size=args.image_size or 320, seed=args.data_seed)
+        data_desc = (f"synthetic {args.synth[0]} train / {args.synth[1]} val, {args.image_size or 320} px, "
+                     f"data seed {args.data_seed}")
     else:
         data, data_desc = args.data, str(args.data)
     import hashlib

@@ -53,7 +53,12 @@ RUNG_FALLBACK = {"distinct_queries": ["model.dense.enabled=true", "model.decoder
 budget, docs/recipe.md) is measured with these settings on top of the previous rung, so that its row shows
 what it does; the last rung is the preset itself. Distinct queries need query selection: on a preset without
 it (cpu_tiny, the --quick runs) their rung turns it on too."""
-ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32", "sampled_deform", "checkpointed")
+ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32", "sampled_deform", "checkpointed",
+             "encoder", "encoder_static", "encoder_tuned")
+ENCODER_TUNED = ["model.encoder.levels=2", "model.encoder.gate=channel", "model.encoder.gate_init=0.1",
+                 "train.lr_offset_mult=0.1"]
+"""The `encoder_tuned` arm: the dynamic encoder with the switches of the encoder study (docs/benchmarks.md,
+"The dynamic encoder"): blocks on P3-P4 only, a per-level, per-channel gate opened at 0.1, offsets at 0.1x lr."""
 OURS = LADDER + ABLATIONS
 PEERS = ("hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet")
 ALL = OURS + PEERS
@@ -73,6 +78,9 @@ LABELS = {
     "fp32": "ours (preset), float32 (no bf16 autocast)",
     "sampled_deform": "ours (preset), the earlier deformable-conv kernel (grid_sample)",
     "checkpointed": "ours (preset), activation checkpointing (encoder, dense head, decoder)",
+    "encoder": "ours (preset), dynamic encoder on",
+    "encoder_static": "ours (preset), static encoder (same convs, no dynamic attention)",
+    "encoder_tuned": "ours (preset), dynamic encoder on, tuned (ENCODER_TUNED)",
     "hf_detr": "DETR (HF transformers)",
     "hf_deformable_detr": "Deformable DETR (HF transformers)",
     "tv_fcos": "FCOS (torchvision)",
@@ -129,7 +137,8 @@ def ablation_config(name: str, cfg: Config) -> Config:
         if name in RUNG_FALLBACK and rung == recipe_rung(cfg, LADDER.index(name) - 1):  # the preset has it off
             rung = apply_overrides(rung, RUNG_FALLBACK[name])
         return rung
-    preset_based = ("no_encoder", "fp32", "sampled_deform", "checkpointed")  # the rest: the paper's model
+    preset_based = ("no_encoder", "fp32", "sampled_deform", "checkpointed", "encoder", "encoder_static",
+                    "encoder_tuned")  # the rest: the paper's model
     cfg = copy.deepcopy(cfg) if name in preset_based else recipe_rung(cfg, 0)
     if name in ("no_encoder", "faithful_no_encoder"):
         cfg.model.encoder.enabled = False
@@ -143,6 +152,11 @@ def ablation_config(name: str, cfg: Config) -> Config:
         cfg.model.encoder.deform_impl = "sampled"
     elif name == "checkpointed":  # memory for time: every block, stage and the dense head recomputed in backward
         cfg.model.encoder.checkpoint = cfg.model.decoder.checkpoint = cfg.model.dense.checkpoint = True
+    elif name in ("encoder", "encoder_static", "encoder_tuned"):  # the preset's encoder section, turned on
+        cfg.model.encoder.enabled = True
+        cfg.model.encoder.dynamic = name != "encoder_static"
+        if name == "encoder_tuned":
+            cfg = apply_overrides(cfg, ENCODER_TUNED)
     return cfg
 
 

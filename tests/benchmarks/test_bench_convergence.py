@@ -34,7 +34,7 @@ def test_convergence_quick(tmp_path, peers):
     report = json.loads((out / "convergence.json").read_text())
     setup = report["setup"]
     assert (setup["epochs"], setup["minutes"], setup["batch_size"]) == (1, 0.05, 4), setup
-    assert setup["data"].startswith("synthetic 16 train"), setup
+    assert setup["data"].startswith("synthetic 16 train") and setup["data"].endswith("data seed 0"), setup
     per_epoch = math.ceil(16 / setup["batch_size"])  # batches per epoch (the last one kept)
     assert list(report["results"]) == list(peers.ALL)
     md = (out / "convergence.md").read_text()
@@ -137,3 +137,19 @@ def test_every_contender_of_ours_is_a_valid_config(peers, preset):
 
     for name in peers.OURS:
         peers.ablation_config(name, get_preset(preset)).validate(name)
+
+
+def test_encoder_arms_differ_from_the_preset_in_the_encoder_only(peers):
+    """The encoder study's arms (docs/benchmarks.md): on cpu_demo (encoder off) `encoder` is cpu_small's encoder
+    turned on, `encoder_static` the same with nothing dynamic, `encoder_tuned` with ENCODER_TUNED applied."""
+    from dynamic_detr.config import apply_overrides, get_preset
+
+    demo = get_preset("cpu_demo")
+    arms = {name: peers.ablation_config(name, demo) for name in ("encoder", "encoder_static", "encoder_tuned")}
+    assert arms["encoder"].model.encoder == get_preset("cpu_small").model.encoder
+    assert not arms["encoder_static"].model.encoder.dynamic
+    arms["encoder_static"].model.encoder.dynamic = True
+    assert arms["encoder_static"] == arms["encoder"]
+    assert arms["encoder_tuned"] == apply_overrides(arms["encoder"], peers.ENCODER_TUNED)
+    arms["encoder"].model.encoder.enabled = False
+    assert arms["encoder"] == demo
