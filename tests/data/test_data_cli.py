@@ -78,3 +78,16 @@ def test_report_statistics(coco_writer) -> None:
     assert r.warnings == [f"{root / 'annotations' / 'instances_train.json'}: category 9 'unused' has no "
                           "annotations"]
     assert "3 images, 4 objects (1 crowd), 3 classes, 1 images without objects" in r.summary()
+
+
+def test_check_prints_a_lone_surrogate_file_name_escaped(coco_writer, capsys) -> None:
+    """A JSON `file_name` may hold a lone surrogate (`"\\ud800"`), which stdout cannot encode: printing the
+    finding crashed with UnicodeEncodeError; it is printed with a backslash escape instead."""
+    from PIL import Image
+
+    root = coco_writer(images=[image(1), image(2, name="bad\ud800.png")], annotations=[], write_images=False)
+    Image.new("RGB", (40, 30)).save(root / "train" / "0001.png")  # the other is missing: an error naming it
+    assert main(["data", "check", "--data", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "bad\\ud800.png" in out and "\ud800" not in out
+    assert out.rstrip().endswith("FAILED: errors found (see above)")

@@ -145,9 +145,16 @@ def _synth(args: argparse.Namespace) -> int:
 def _list(title: str, items: list[str], show_all: bool) -> None:
     shown = items if show_all else items[:MAX_LISTED]
     for line in shown:
-        print(f"{title}: {line}")
+        print(f"{title}: {_printable(line)}")
     if len(items) > len(shown):
         print(f"{title}: ... and {len(items) - len(shown)} more (--all lists them)")
+
+
+def _printable(text: str) -> str:
+    """`text` with what stdout cannot encode as backslash escapes: a `file_name` may hold a lone surrogate (JSON
+    `"\\ud800"`), and printing the finding that names it must not crash the report (UnicodeEncodeError)."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
 def _check(args: argparse.Namespace) -> int:
