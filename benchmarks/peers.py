@@ -114,7 +114,7 @@ class Contender:
 
     @property
     def label(self) -> str:
-        return LABELS[self.name]
+        return LABELS.get(self.name, self.name)
 
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -161,7 +161,12 @@ def ablation_config(name: str, cfg: Config) -> Config:
 
 
 def _ours(name: str, cfg: Config, num_classes: int) -> Contender:
-    cfg = ablation_config(name, cfg)
+    return ours_from_config(name, ablation_config(name, cfg), num_classes)
+
+
+def ours_from_config(name: str, cfg: Config, num_classes: int) -> Contender:
+    """Our model as a contender, built from `cfg` as it is (`name` only labels it)."""
+    cfg = copy.deepcopy(cfg)
     cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names = num_classes, [], []
     # random weights (nothing is downloaded here), but the architecture, norm and frozen stages that the config's
     # weights would give (paper_r50: frozen BN, stem + stage 1 frozen)
