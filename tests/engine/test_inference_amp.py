@@ -28,5 +28,18 @@ def test_other_modes_and_devices_unchanged(monkeypatch) -> None:
     assert inference.effective_amp(CUDA, "fp16") == "fp16"
 
 
-def test_the_check_answers() -> None:
-    assert isinstance(inference.cpu_has_fast_bf16(), bool)
+@pytest.mark.parametrize("answer, expected", [(1, True), (0, False), (AttributeError, False), (RuntimeError, False)])
+def test_the_check_is_onednns_answer_and_false_without_onednn(monkeypatch, answer, expected) -> None:
+    """oneDNN's answer as a bool; a build without oneDNN (no op, or one that raises) has no fast bf16."""
+
+    def supported():
+        if isinstance(answer, type):
+            raise answer("no oneDNN")
+        return answer
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", supported, raising=False)
+    inference.cpu_has_fast_bf16.cache_clear()  # cached: asked once per process
+    try:
+        assert inference.cpu_has_fast_bf16() is expected
+    finally:
+        inference.cpu_has_fast_bf16.cache_clear()  # later tests get this machine's answer
