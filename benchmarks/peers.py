@@ -55,10 +55,12 @@ what it does; the last rung is the preset itself. Distinct queries need query se
 it (cpu_tiny, the --quick runs) their rung turns it on too."""
 ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32", "sampled_deform", "checkpointed",
              "encoder", "encoder_static", "encoder_tuned")
-ENCODER_TUNED = ["model.encoder.levels=2", "model.encoder.gate=channel", "model.encoder.gate_init=0.1",
-                 "train.lr_offset_mult=0.1"]
+ENCODER_TUNED = ["model.encoder.num_blocks=1", "model.encoder.levels=2", "model.encoder.gate=channel",
+                 "model.encoder.gate_init=0.1", "train.lr_offset_mult=0.1"]
 """The `encoder_tuned` arm: the dynamic encoder with the switches of the encoder study (docs/benchmarks.md,
-"The dynamic encoder"): blocks on P3-P4 only, a per-level, per-channel gate opened at 0.1, offsets at 0.1x lr."""
+"The dynamic encoder"): one block, on P3-P4 only (where CPU-sized images put the RoIs and the dense head's
+positives), a per-level, per-channel gate opened at 0.1, offsets and masks at 0.1x lr. `encoder_static` is the
+same encoder with nothing dynamic (`model.encoder.dynamic=false`): the same cost."""
 OURS = LADDER + ABLATIONS
 PEERS = ("hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet")
 ALL = OURS + PEERS
@@ -79,7 +81,7 @@ LABELS = {
     "sampled_deform": "ours (preset), the earlier deformable-conv kernel (grid_sample)",
     "checkpointed": "ours (preset), activation checkpointing (encoder, dense head, decoder)",
     "encoder": "ours (preset), dynamic encoder on",
-    "encoder_static": "ours (preset), static encoder (same convs, no dynamic attention)",
+    "encoder_static": "ours (preset), tuned encoder made static (same convs, no dynamic attention)",
     "encoder_tuned": "ours (preset), dynamic encoder on, tuned (ENCODER_TUNED)",
     "hf_detr": "DETR (HF transformers)",
     "hf_deformable_detr": "Deformable DETR (HF transformers)",
@@ -154,9 +156,9 @@ def ablation_config(name: str, cfg: Config) -> Config:
         cfg.model.encoder.checkpoint = cfg.model.decoder.checkpoint = cfg.model.dense.checkpoint = True
     elif name in ("encoder", "encoder_static", "encoder_tuned"):  # the preset's encoder section, turned on
         cfg.model.encoder.enabled = True
-        cfg.model.encoder.dynamic = name != "encoder_static"
-        if name == "encoder_tuned":
+        if name != "encoder":
             cfg = apply_overrides(cfg, ENCODER_TUNED)
+        cfg.model.encoder.dynamic = name != "encoder_static"
     return cfg
 
 

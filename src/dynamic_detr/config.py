@@ -483,6 +483,9 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:  # a binary file
+        raise ConfigError(f"{path}: not a YAML config (not UTF-8 text: byte {e.start:,} is "
+                          f"{e.object[e.start:e.start + 1]!r})") from None
     try:
         data = yaml.load(text, Loader=UniqueKeySafeLoader)  # a SafeLoader: as safe as yaml.safe_load
     except DuplicateKeyError as e:

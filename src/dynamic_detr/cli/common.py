@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import PRESETS, Config, apply_overrides, get_preset, load_config
-from ..errors import ConfigError, UserError
+from ..errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -24,14 +24,7 @@ def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None 
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    if getattr(args, "config", None):
-        try:
-            cfg = load_config(args.config)
-        except UnicodeDecodeError as e:  # a binary file: load_config reads it as UTF-8 text
-            raise ConfigError(f"{args.config}: not a YAML config (not UTF-8 text: byte {e.start:,} is "
-                              f"{e.object[e.start:e.start + 1]!r})") from None
-    else:
-        cfg = get_preset(args.preset)
+    cfg = load_config(args.config) if getattr(args, "config", None) else get_preset(args.preset)
     return apply_overrides(cfg, list(getattr(args, "overrides", []) or []))
 
 
