@@ -42,6 +42,16 @@ def test_annotation_file_not_json(tmp_path: Path) -> None:
     assert str(e.value).startswith(_ann_file(tmp_path))
 
 
+def test_annotation_file_nested_too_deeply(tmp_path: Path) -> None:
+    """Valid JSON nested deeper than the parser's recursion limit: one error naming the file (was a
+    RecursionError traceback)."""
+    (tmp_path / "annotations").mkdir()
+    Path(_ann_file(tmp_path)).write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(DatasetError, match="JSON nested too deeply") as e:
+        CocoDetection(tmp_path, "train")
+    assert str(e.value).startswith(_ann_file(tmp_path))
+
+
 @pytest.mark.parametrize("content,match", [
     ({"images": [], "annotations": []}, "missing required key 'categories'"),
     ({"annotations": []}, "missing required keys 'images', 'categories'"),
@@ -113,8 +123,9 @@ def test_image_folder_or_all_files_missing_stop(coco_writer) -> None:
 @pytest.mark.parametrize("bbox,problem", [
     ([1, 1, 0, 5], "box has non-positive width"),
     ([1, 1, 5, -2], "box has non-positive height"),
-    ([1, math.nan, 5, 5], "box has NaN or infinite values"),
-    ([1, 1, math.inf, 5], "box has NaN or infinite values"),
+    ([1, math.nan, 5, 5], "box has NaN, infinite or out-of-range values"),
+    ([1, 1, math.inf, 5], "box has NaN, infinite or out-of-range values"),
+    ([1, 1, 10**400, 5], "box has NaN, infinite or out-of-range values"),  # was an OverflowError traceback
     ([1, 1, 5], "box must be a list [x, y, width, height]"),
     (["1", 1, 5, 5], "box has non-numeric values"),
     ([50, 1, 5, 5], "box [50, 1, 5, 5] lies outside the 40x30 image"),

@@ -157,6 +157,32 @@ def test_voc_malformed(tmp_path: Path, objects: str, message: str) -> None:
     assert any(message in e for e in check_dataset(root, "train", progress=False).errors)
 
 
+@pytest.mark.parametrize("size", ["<size><width>inf</width><height>8</height></size>",
+                                  "<size><width>1e999</width><height>nan</height></size>"])
+def test_voc_infinite_size_reads_the_image(tmp_path: Path, size: str) -> None:
+    """An infinite or NaN <size> is no usable size (was an OverflowError traceback): the image is read."""
+    root = _voc_one(tmp_path, "", size=size)
+    r = load_records(root, "train", strict=False)
+    assert (r.widths.tolist(), r.heights.tolist()) == ([10], [8])
+
+
+def test_voc_infinite_box_is_named(tmp_path: Path) -> None:
+    root = _voc_one(tmp_path, "<object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>inf</xmax>"
+                              "<ymax>3</ymax></bndbox></object>")
+    with pytest.raises(DatasetError, match=r"a.xml: object 1 \('cat'\): <bndbox> needs numeric"):
+        CocoDetection(root, "train")
+
+
+@pytest.mark.parametrize("which", ["labels.txt", "ImageSets/Main/train.txt"])
+def test_voc_lists_that_are_not_utf8_are_named(tmp_path: Path, which: str) -> None:
+    """A class list or split list in another encoding is one DatasetError naming the file (was a
+    UnicodeDecodeError traceback)."""
+    root = _voc_one(tmp_path, "")
+    (root / which).write_bytes("chat\nb\xe9b\xe9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=f"{which}: not UTF-8 text"):
+        CocoDetection(root, "train")
+
+
 def test_voc_ids_are_plain_file_names(tmp_path: Path) -> None:
     root = _voc_one(tmp_path, "")
     (root / "ImageSets/Main/train.txt").write_text("a\n../../outside\n")
@@ -242,6 +268,21 @@ def test_yolo_txt_list_with_a_missing_image(tmp_path: Path) -> None:
     report = check_dataset(root, "train", progress=False)
     assert report.errors == [f"{root / 'images/train/gone.jpg'}: image file not found; image refused"]
     assert report.num_images == 1 and report.num_objects == 1
+
+
+def test_yolo_list_mixing_relative_and_absolute_entries(tmp_path: Path, monkeypatch) -> None:
+    """A `train:` list with a relative folder and an absolute one, for a dataset given by a relative path (was
+    a ValueError traceback from os.path.commonpath): both folders' images are read."""
+    monkeypatch.chdir(tmp_path)
+    root = _yolo_one(Path("ds"), "0 0.5 0.5 0.2 0.2\n")
+    extra = tmp_path / "extra" / "images"
+    (tmp_path / "extra" / "labels").mkdir(parents=True)
+    extra.mkdir(parents=True)
+    Image.new("RGB", (20, 10)).save(extra / "y.jpg")
+    (tmp_path / "extra" / "labels" / "y.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    (root / "data.yaml").write_text(json.dumps({"train": ["images/train", str(extra)], "names": ["a", "b"]}))
+    ds = CocoDetection(root, "train")
+    assert len(ds) == 2 and sorted(int(t["labels"][0]) for _, t in (ds[0], ds[1])) == [0, 1]
 
 
 @pytest.mark.parametrize("yaml_text,message", [

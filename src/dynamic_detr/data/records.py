@@ -211,6 +211,8 @@ def read_json(path: Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: not a COCO annotation file (JSON nested too deeply to read)") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories, "
                            f"got a {type(data).__name__}")
@@ -249,14 +251,22 @@ def unsafe_path_reason(file_name: str) -> str | None:
     return None
 
 
+def _finite(v: float) -> bool:
+    """math.isfinite for a JSON number; an integer too large for a float (10**400) is not finite either."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def box_problem(bbox: Any) -> str | None:
     """Why a COCO `bbox` [x, y, w, h] is unusable regardless of its image, or None."""
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
         return "box must be a list [x, y, width, height]"
     if not all(_is_number(v) for v in bbox):
         return "box has non-numeric values"
-    if not all(math.isfinite(v) for v in bbox):
-        return "box has NaN or infinite values"
+    if not all(_finite(v) for v in bbox):
+        return "box has NaN, infinite or out-of-range values"
     if bbox[2] <= 0:
         return "box has non-positive width"
     if bbox[3] <= 0:
@@ -496,7 +506,7 @@ def _validate_annotations(raw: list[Any], images: dict[int, dict], refused: set[
                                   f"{overshoot:.1f} px outside the {img['width']}x{img['height']} image; clipped",
                    severity="warning")
         area = a.get("area")
-        if not (_is_number(area) and math.isfinite(area) and area > 0):
+        if not (_is_number(area) and _finite(area) and area > 0):
             area = box[2] * box[3]
         out.owner.append(position[iid])
         out.ids.append(aid)

@@ -24,6 +24,7 @@ entity-expansion bombs (billion laughs, quadratic blowup), so no extra dependenc
 
 from __future__ import annotations
 
+import math
 import os
 import pyexpat
 import xml.etree.ElementTree as ET
@@ -62,7 +63,7 @@ def class_names(root: Path) -> list[str]:
         f = root / name
         if f.is_file():
             names = []
-            for line in f.read_text(encoding="utf-8").splitlines():
+            for line in read_text(f).splitlines():
                 line = line.strip()
                 if not line or line.startswith("#"):
                     continue
@@ -84,10 +85,18 @@ def class_names(root: Path) -> list[str]:
     return sorted(found)
 
 
+def read_text(path: Path) -> str:
+    """A class list or split list as text; one that is not UTF-8 is a DatasetError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start:,}); save it as UTF-8") from None
+
+
 def _size(tree: ET.Element) -> tuple[int, int] | None:
     try:
         w, h = int(float(tree.findtext("size/width") or "")), int(float(tree.findtext("size/height") or ""))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, NaN, or infinite
         return None
     return (w, h) if w > 0 and h > 0 else None
 
@@ -105,7 +114,7 @@ def voc_to_coco(root: Path, split: str, v: Any, check_files: bool = True) -> tup
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(list_file).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -177,6 +186,8 @@ def _annotation(obj: ET.Element, xml: Path, k: int, cat_id: dict[str, int], v: A
         return None
     try:
         x0, y0, x1, y1 = (float(box.findtext(c) or "") for c in _COORDS)
+        if not all(math.isfinite(c) for c in (x0, y0, x1, y1)):
+            raise ValueError("not finite")
     except ValueError:
         got = ", ".join(f"{c}={box.findtext(c)!r}" for c in _COORDS)
         v.fatal("bad_annotation", f"{where} ('{name}'): <bndbox> needs numeric xmin, ymin, xmax, ymax ({got})")

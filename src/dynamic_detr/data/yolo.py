@@ -130,7 +130,9 @@ def split_images(spec: YoloSpec, split: str) -> list[Path]:
         else:
             raise DatasetError(f"{spec.yaml_file}: '{split}: {entry}': {where} is not an image folder or a .txt "
                                "list of images")
-    return paths
+    # absolute (not resolved: symlinks kept), so that a list mixing absolute and relative entries has a common
+    # folder (os.path.commonpath refuses a mix)
+    return [p.absolute() for p in paths]
 
 
 def label_path(image: Path) -> Path:
