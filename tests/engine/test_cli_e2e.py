@@ -159,3 +159,32 @@ def test_demo_end_to_end_on_given_data(data, tmp_path, capsys):
     assert 0 <= metrics["AP"] <= 100
     assert "eval_every: 1000" in (out / "run" / "config.yaml").read_text()
     assert len(list((out / "predictions").glob("*.png"))) == 3  # every val image drawn (12 at most)
+
+
+def test_eval_data_on_the_command_line_wins_over_absolute_config_paths(tmp_path, capsys):
+    """A model whose config names another machine's absolute val annotation / image paths is evaluated on the
+    dataset given with --data (the old code silently evaluated the config's one), and eval says where it found
+    the split; a relative path in the config still applies under --data."""
+    from dynamic_detr.cli.evaluate import data_section_for
+    from dynamic_detr.config import get_preset
+    from dynamic_detr.model import DynamicDETR
+
+    there, here = tmp_path / "there", tmp_path / "here"
+    generate(there, train=1, val=2, image_size=96, seed=1)
+    generate(here, train=1, val=3, image_size=96, seed=2)
+    cfg = get_preset("cpu_tiny")
+    cfg.model.num_classes, cfg.model.category_ids = len(CLASSES), list(range(1, len(CLASSES) + 1))
+    cfg.model.class_names = list(CLASSES)
+    cfg.data.val_ann = str(there / "annotations" / "instances_val.json")
+    cfg.data.val_images = str(there / "val")
+    model = DynamicDETR(cfg.model)
+    model.run_config = cfg
+    model.save_pretrained(tmp_path / "m")
+    out = tmp_path / "dets.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "m"), "--data", str(here), "--workers", "0",
+                 "--save-detections", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"evaluating split 'val' of {here}" in printed and str(here / "annotations") in printed
+    assert {d["image_id"] for d in json.loads(out.read_text())} == {1, 2, 3}  # here's 3 images, not there's 2
+    kept = data_section_for(cfg.data.__class__(val_ann="annotations/mine.json", val_images=str(here / "val")), here)
+    assert (kept.val_ann, kept.val_images) == ("annotations/mine.json", str(here / "val"))

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 
 def register(sub) -> None:
@@ -59,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     model, cfg = (load_onnx(args.checkpoint) if is_onnx(args.checkpoint)
                   else load_model(args.checkpoint, device, prefer_ema=not args.raw))
     split = args.split or cfg.data.val_split
-    dataset = CocoDetection(args.data, split, source=split_source(args.data, split, cfg.data))
+    source = split_source(args.data, split, data_section_for(cfg.data, args.data))
+    print(f"evaluating split '{split}' of {args.data}: {source.layout}, {source.ann_file}")
+    dataset = CocoDetection(args.data, split, source=source)
     if cfg.model.category_ids and set(cfg.model.category_ids) - set(dataset.category_ids):
         missing = sorted(set(cfg.model.category_ids) - set(dataset.category_ids))[:5]
         print(f"warning: the model predicts category ids the dataset does not have (e.g. {missing})")
@@ -91,3 +98,17 @@ def run(args: argparse.Namespace) -> int:
         print(format_errors(summary["errors"]))
         print(f"error analysis written to {args.plots}")
     return 0
+
+
+def data_section_for(data: DataConfig, root: Path) -> DataConfig:
+    """The checkpoint's data section for a dataset given with `--data`: its absolute annotation / image paths
+    (`data.*_ann`, `data.*_images` of the training machine) are dropped unless they lie under `root`, so that
+    the dataset named on the command line is the one evaluated; relative ones are relative to `root` anyway."""
+    out = copy.deepcopy(data)
+    base = root.expanduser().resolve()
+    for name in ("train_ann", "train_images", "val_ann", "val_images"):
+        value = getattr(out, name)
+        if value and Path(value).expanduser().is_absolute() and not Path(value).expanduser().resolve(
+                ).is_relative_to(base):
+            setattr(out, name, "")
+    return out
