@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,6 +205,33 @@ def test_graph_without_metadata_is_one_line_error(graphs, tmp_path, capsys):
     onnx.save(graph, str(old))
     err = _error(capsys, ["eval", "--checkpoint", str(old), "--data", str(tmp_path)])
     assert "old.onnx" in err and "no dynamic-detr metadata" in err and "export it again" in err
+
+
+def _with_metadata(graphs, tmp_path, edit) -> Path:
+    """batch3.onnx with its dynamic-detr metadata JSON text replaced by `edit(meta)`."""
+    from dynamic_detr.export.onnx_export import METADATA_KEY, add_metadata
+
+    graph = onnx.load(str(graphs / "batch3.onnx"))
+    meta = json.loads(next(p.value for p in graph.metadata_props if p.key == METADATA_KEY))
+    out = tmp_path / "edited.onnx"
+    onnx.save(graph, str(out))
+    add_metadata(out, {METADATA_KEY: edit(meta)})
+    return out
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: json.dumps({**m, "input": {**m["input"], "height": 10**9, "width": 10**9}}), "malformed"),
+    (lambda m: json.dumps({**m, "input": {**m["input"], "height": 0}}), "malformed"),
+    (lambda m: json.dumps({**m, "top_k": 10**12}), "malformed"),
+    (lambda m: json.dumps({**m, "input": {**m["input"], "height": 64}}), "is not the graph's 128x128"),
+    (lambda m: '{"format": 1, "config": ' + "[" * 100_000 + "]" * 100_000 + "}", "malformed"),
+])
+def test_untrusted_metadata_is_one_line_error(graphs, tmp_path, capsys, edit, message):
+    """The metadata is read from a file a user was given: a huge or zero canvas, a canvas that is not the
+    graph's input size, a huge top-k and deeply nested JSON are each a one-line error, never an allocation or
+    a RecursionError traceback."""
+    err = _error(capsys, _predict(_with_metadata(graphs, tmp_path, edit), tmp_path))
+    assert "edited.onnx" in err and message in err, err
 
 
 @pytest.mark.parametrize("content", [b"", b"not a graph" * 20])

@@ -63,6 +63,11 @@ class OnnxDetector:
             raise CheckpointError(str(e)) from None
         self.canvas = (int(self.meta["input"]["height"]), int(self.meta["input"]["width"]))
         self.top_k = int(self.meta["top_k"])
+        declared = self.session.get_inputs()[0].shape[2:]  # the traced graph's fixed H, W
+        if all(isinstance(v, int) for v in declared) and tuple(declared) != self.canvas:
+            raise CheckpointError(f"{self.path}: the metadata's input size {self.canvas[0]}x{self.canvas[1]} is not "
+                                  f"the graph's {declared[0]}x{declared[1]}: export it again with `dynamic-detr "
+                                  "export`")
         batch = self.session.get_inputs()[0].shape[0]
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         """The graph's batch size when it is fixed (an export without --dynamic: 1), else None."""
@@ -108,7 +113,12 @@ class OnnxDetector:
         return results
 
 
+MAX_METADATA_SIZE = 16384
+"""Largest canvas side and top-k a graph's metadata may name (it is read from an untrusted file)."""
+
+
 def _parse(text: str, path: Path) -> dict[str, Any]:
+    """The graph's metadata JSON, checked: format, letterbox layout, a config mapping, sizes in 1..16384."""
     try:
         meta = json.loads(text)
         if meta.get("format") != METADATA_FORMAT:
@@ -116,8 +126,10 @@ def _parse(text: str, path: Path) -> dict[str, Any]:
                                   f"version reads ({METADATA_FORMAT}): export it again with `dynamic-detr export`")
         if meta["input"]["layout"] != "letterbox" or not isinstance(meta["config"], dict):
             raise KeyError("input")
-        int(meta["input"]["height"]), int(meta["input"]["width"]), int(meta["top_k"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        sizes = int(meta["input"]["height"]), int(meta["input"]["width"]), int(meta["top_k"])
+        if not all(1 <= v <= MAX_METADATA_SIZE for v in sizes):  # untrusted: never a huge canvas allocation
+            raise ValueError("size out of range")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, RecursionError, OverflowError):
         raise CheckpointError(f"{path}: malformed dynamic-detr metadata in this graph: export it again with "
                               "`dynamic-detr export`") from None
     return meta
