@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = common.make_config(args.preset, [*overrides, "data.num_workers=0", *args.overrides])
     data = common.synthetic_data(args.work, 64, 8, image_size=args.image_size or 256, seed=0)
     train_set, _ = common.datasets(data, base)
+    common.seed_everything(0)  # the same batches (scales, crops, flips) in every run
     loader = common.loader(train_set, base, True, base.train.batch_size, 0)
     batches = []
     for batch in loader:

@@ -638,13 +638,11 @@ def _cpu_small() -> Config:
 def _cpu_demo() -> Config:
     """The demo's model (`make demo`, cli/demo.py): `cpu_small` cut to what pays within 10 minutes on 2 cores
     from random weights, where AP grows with the number of updates (docs/recipe.md, "The demo on a CPU without
-    bf16"): the dynamic encoder off (x1.41 per step; 5-minute runs 10.6 AP without it, 5.9 with), one conv per
-    dense-head tower instead of two, 3 decoder stages of 30 queries instead of 6 of 50 (the demo's images have
-    at most 8 objects), training scales that never enlarge its 256 px images (so batches pad to 256, not 288),
-    and, from cpu_small, distinct queries (`decoder.query_nms`, DDQ: the error breakdown of `eval --plots` put
-    18.7 of the lost AP50 on duplicates without them, 0.7 with them). Measured on a 2-core AVX2 CPU in float32
-    (10-minute `make demo`): cpu_small with the encoder off 13.6 AP (371 steps of 1.45 s), the cuts 26.8 (621
-    steps of 0.87 s), with distinct queries 43.8 (577 steps; 40.2 from a fresh clone). `cpu_small` keeps the
+    bf16"): the dynamic encoder off (it costs more a step than it gives at this budget: docs/benchmarks.md, "The
+    dynamic encoder"), one conv per dense-head tower instead of two, 3 decoder stages of 30 queries instead of 6
+    of 50 (the demo's images have at most 8 objects), training scales that never enlarge its 256 px images (so
+    batches pad to 256, not 288), and, from cpu_small, distinct queries (`decoder.query_nms`, DDQ: duplicates
+    were most of the lost AP50 without them). Each cut's measured effect: docs/recipe.md. `cpu_small` keeps the
     paper's architecture."""
     cfg = _cpu_small()
     cfg.name = "cpu_demo"
