@@ -33,13 +33,15 @@ def test_data_check_workers(tmp_path, capsys):
         ["data", "check", "--data", str(tmp_path), "--workers", "0"], capsys)
 
 
-@pytest.mark.parametrize("command", ["eval", "predict", "train", "demo"])
+@pytest.mark.parametrize("command", ["eval", "predict", "train", "demo", "explain"])
 @pytest.mark.parametrize("device", ["foo", "cuda:x", "cuda:99"])
 def test_device(tmp_path, capsys, command, device):
     argv = {"eval": _eval(tmp_path),
             "predict": ["predict", str(tmp_path), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")],
             "train": ["train", "--data", str(tmp_path), "--preset", "cpu_tiny", "--out", str(tmp_path / "o")],
-            "demo": ["demo", "--out", str(tmp_path / "o")]}[command]
+            "demo": ["demo", "--out", str(tmp_path / "o")],
+            "explain": ["explain", "--checkpoint", str(tmp_path), str(tmp_path / "a.png"), "--out",
+                        str(tmp_path / "o")]}[command]
     assert f"--device {device}: " in _one_line_error([*argv, "--device", device], capsys)
     assert not (tmp_path / "o").exists()
 

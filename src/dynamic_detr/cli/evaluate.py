@@ -107,8 +107,7 @@ def data_section_for(data: DataConfig, root: Path) -> DataConfig:
     out = copy.deepcopy(data)
     base = root.expanduser().resolve()
     for name in ("train_ann", "train_images", "val_ann", "val_images"):
-        value = getattr(out, name)
-        if value and Path(value).expanduser().is_absolute() and not Path(value).expanduser().resolve(
-                ).is_relative_to(base):
+        path = Path(getattr(out, name)).expanduser()
+        if path.is_absolute() and not path.resolve().is_relative_to(base):  # "" is Path("."): relative
             setattr(out, name, "")
     return out

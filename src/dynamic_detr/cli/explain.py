@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.loading import load_model
     from ..engine.predictor import check_output_folder
     from ..errors import UserError
+    from .common import resolve_device
 
+    device = resolve_device(args.device)
     if not args.image.is_file():
         raise UserError(f"{args.image}: no such file")
     if args.points < 0:
@@ -48,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     problem = aspect_problem(int(image.shape[-1]), int(image.shape[-2]))
     if problem:
         raise UserError(f"{args.image}: {problem}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_model(args.checkpoint, device)
     ex = explain_image(model, cfg, image, device, top=args.top, points=args.points)
     written = save_explanation(ex, args.out)

@@ -33,7 +33,7 @@ from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes, draw_keypoints
 
 from ..config import Config
-from ..model.detector import top_k_queries
+from ..model.detector import modes_kept, top_k_queries
 from ..model.encoder import KERNEL, TAPS
 from .predictor import Predictor
 
@@ -164,15 +164,11 @@ def explain_image(model: nn.Module, cfg: Config, image: Tensor, device: torch.de
 
     top: detections whose decoder path is followed; points: of those, how many get sampling points.
     """
-    modes = [(m, m.training) for m in model.modules()]  # restored after the forward: a training loop's mode
-    try:
+    with modes_kept(model):
         predictor = Predictor(model, cfg, torch.device(device))  # eval mode, the config's eval transform
         batch = predictor.batch([image])
         with ExplainHooks(model) as hooks:
             out = model(batch.images, batch.masks)
-    finally:
-        for m, mode in modes:
-            m.training = mode
     valid_h, valid_w = (float(v) for v in out["valid_hw"][0])
     scores, queries, labels = (t[0].cpu() for t in top_k_queries(out["logits"], model.cfg.class_loss == "focal",
                                                                   top))

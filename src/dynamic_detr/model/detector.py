@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,18 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@contextmanager
+def modes_kept(module: nn.Module) -> Iterator[None]:
+    """Put every submodule's training flag back on exit (errors included), as it was, mixed states too (a frozen
+    part in eval): `Predictor` sets eval mode, and a `predict` or `explain` inside a training loop must not."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def valid_sizes(masks: Tensor) -> Tensor:
@@ -240,19 +254,15 @@ class DynamicDETR(nn.Module):
 
         items = images if isinstance(images, list | tuple) else [images]
         device = next(self.parameters()).device
-        modes = [(m, m.training) for m in self.modules()]  # Predictor sets eval mode: a training loop's is restored
-        try:
+        results = []
+        with modes_kept(self):
             predictor = Predictor(self, self.run_config or Config(model=self.cfg), device)
-            results = []
             for start in range(0, len(items), batch_size):
                 for res in predictor([_as_image_tensor(x) for x in items[start:start + batch_size]]):
                     keep = res["scores"] >= threshold
                     res = {k: v[keep] for k, v in res.items()}
                     res["names"] = [predictor.names.get(int(c), str(int(c))) for c in res["labels"]]
                     results.append(res)
-        finally:
-            for m, mode in modes:
-                m.training = mode
         return results
 
 
