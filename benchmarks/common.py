@@ -17,10 +17,11 @@ import torch
 from dynamic_detr.config import Config, apply_overrides, get_preset
 from dynamic_detr.data.coco import CocoDetection
 from dynamic_detr.data.collate import build_loader
+from dynamic_detr.data.loaders import eval_loader, load_split
+from dynamic_detr.data.sampler import SeededDataset
 from dynamic_detr.data.synthetic import generate
 from dynamic_detr.data.transforms import build_transforms
-from dynamic_detr.engine.report import atomic_write_json
-from dynamic_detr.engine.sampler import SeededDataset
+from dynamic_detr.fileio import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,10 +54,14 @@ def synthetic_data(root: Path, train: int, val: int, image_size: int, seed: int)
 
 
 def datasets(data: Path, cfg: Config) -> tuple[CocoDetection, CocoDetection]:
-    return CocoDetection(data, cfg.data.train_split), CocoDetection(data, cfg.data.val_split)
+    return load_split(data, cfg.data.train_split, cfg.data), load_split(data, cfg.data.val_split, cfg.data)
 
 
 def loader(dataset: CocoDetection, cfg: Config, train: bool, batch_size: int, seed: int):
+    """Batches of `dataset`: the evaluation loader of training and `eval`, or for training a DataLoader shuffle
+    (every contender's loop steps through it the same way; no resumable sampler to drive)."""
+    if not train:
+        return eval_loader(dataset, cfg.data, batch_size, seed=seed)
     return build_loader(SeededDataset(dataset, build_transforms(cfg.data, train=train)), batch_size, train=train,
                         num_workers=cfg.data.num_workers, size_divisibility=cfg.data.size_divisibility, seed=seed)
 

@@ -44,11 +44,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import peers
-from dynamic_detr.engine.checkpoint import save_weights
-from dynamic_detr.engine.evaluate import AP_NAMES, CocoEvaluator, to_coco_detections
-from dynamic_detr.engine.report import atomic_write_json
-from dynamic_detr.engine.schedule import WarmupStepSchedule
+from dynamic_detr.checkpoint import save_weights
+from dynamic_detr.evaluate.metrics import AP_NAMES, CocoEvaluator, to_coco_detections
+from dynamic_detr.fileio import atomic_write_json
 from dynamic_detr.model import DynamicDETR
+from dynamic_detr.train.schedule import WarmupStepSchedule
 
 
 def evaluate(c: peers.Contender, val_loader, val_set, device: torch.device) -> dict[str, Any]:

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from dynamic_detr.api import save_pretrained
+
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm")
 
 
@@ -44,7 +46,7 @@ class StretchWrapper(nn.Module):
 
 
 class StretchedOnnx:
-    """A stretched graph on onnxruntime, with the inference interface `engine/inference.py` calls."""
+    """A stretched graph on onnxruntime, with the inference interface `evaluate/inference.py` calls."""
 
     def __init__(self, path: Path) -> None:
         import onnxruntime as ort
@@ -81,12 +83,12 @@ def run(checkpoint: Path, data: Path, batch: int, workers: int) -> dict:
     from dynamic_detr.cli.export import default_image_size
     from dynamic_detr.data.coco import CocoDetection
     from dynamic_detr.data.collate import build_loader
+    from dynamic_detr.data.sampler import SeededDataset
     from dynamic_detr.data.transforms import build_transforms
-    from dynamic_detr.engine.inference import evaluate_model
-    from dynamic_detr.engine.loading import load_model
-    from dynamic_detr.engine.sampler import SeededDataset
+    from dynamic_detr.evaluate.inference import evaluate_model
     from dynamic_detr.export.onnx_export import export_onnx
     from dynamic_detr.export.onnx_runner import load_onnx
+    from dynamic_detr.model.loading import load_model
 
     device = torch.device("cpu")
     model, cfg = load_model(checkpoint, device)
@@ -154,7 +156,7 @@ def quick_setup(root: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model = DynamicDETR(cfg.model).eval()
     model.run_config = cfg
-    model.save_pretrained(root / "model")
+    save_pretrained(model, root / "model")
     return root / "model", data
 
 

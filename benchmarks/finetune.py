@@ -4,7 +4,7 @@ A model is trained on the synthetic shapes (6 classes). The target task is new i
 `--target-classes` of the shapes are annotated, so the class heads do not fit and start fresh while everything
 else (backbone, encoder, dense head's box branch, decoder) is loaded. The same target training then runs twice,
 from those weights and from random weights, with the same data order, and both are evaluated after every
-epoch. Each run goes through the trainer as `dynamic-detr train` would (`engine.trainer.Trainer`).
+epoch. Each run goes through the trainer as `dynamic-detr train` would (`train.trainer.Trainer`).
 
     .venv/bin/python benchmarks/finetune.py                  # about 30 min on 2 CPU cores
     .venv/bin/python benchmarks/finetune.py --quick          # smoke run (cpu_tiny, a few steps)
@@ -30,7 +30,7 @@ import torch
 
 import common
 from dynamic_detr.data.synthetic import CLASSES, generate
-from dynamic_detr.engine.trainer import Trainer
+from dynamic_detr.train.trainer import Trainer
 
 
 def target_dataset(root: Path, train: int, val: int, image_size: int, classes: list[str], seed: int) -> Path:

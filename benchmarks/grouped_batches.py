@@ -1,6 +1,6 @@
 """Aspect-ratio grouped batches: the padding they save and the training step time they save.
 
-`data.group_by_aspect=true` (the trainer's default: `engine.sampler.GroupedBatchSampler`, portrait images batched
+`data.group_by_aspect=true` (the trainer's default: `data.sampler.GroupedBatchSampler`, portrait images batched
 with portrait ones, the others with each other) against `false` (the shuffled order batched as drawn), on the
 same synthetic dataset (half the images square, the others landscape or portrait), the same seed, the same
 training augmentations and the trainer's own sampler and loader construction:
@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import peers
 from dynamic_detr.data.collate import build_loader
+from dynamic_detr.data.sampler import GroupedBatchSampler, ResumableSampler, SeededDataset
 from dynamic_detr.data.transforms import build_transforms
-from dynamic_detr.engine.sampler import GroupedBatchSampler, ResumableSampler, SeededDataset
 
 
 def epoch_loader(train_set, cfg, batch_size: int, grouped: bool, seed: int):
-    """The trainer's training loader (engine/trainer.py `_build_data`), one rank, epoch 0."""
+    """The trainer's training loader (train/trainer.py `_build_data`), one rank, epoch 0."""
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=seed)
     if grouped:
         sampler = GroupedBatchSampler(sampler, train_set.aspect_groups(), batch_size)

@@ -36,11 +36,12 @@ from torchvision.ops import box_convert
 
 from dynamic_detr.config import RECIPE, Config, apply_overrides, recipe_rung
 from dynamic_detr.data.collate import Batch
-from dynamic_detr.engine.inference import autocast
-from dynamic_detr.engine.trainer import adamw, float32_outputs, param_groups
+from dynamic_detr.evaluate.inference import autocast
 from dynamic_detr.model import DynamicDETR
 from dynamic_detr.model.detector import IMAGENET_MEAN, IMAGENET_STD, top_k_detections
 from dynamic_detr.objective.criterion import SetCriterion
+from dynamic_detr.train.loop import float32_outputs
+from dynamic_detr.train.optim import adamw, param_groups
 
 LADDER = ("faithful", *(name for name, _ in RECIPE[:-1]), "dynamic_detr")
 """The convergence recipe one step at a time (config.RECIPE): the paper's model at the preset's size, then

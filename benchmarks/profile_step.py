@@ -47,8 +47,8 @@ import common
 import peers
 import speed
 from dynamic_detr.config import PRESETS
-from dynamic_detr.engine.inference import effective_amp
 from dynamic_detr.errors import UserError
+from dynamic_detr.evaluate.inference import effective_amp
 from dynamic_detr.model.info import COMPONENTS, flop_counter
 
 PREFIX = "profile::"

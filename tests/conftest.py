@@ -1,14 +1,19 @@
 """Fixtures for the whole suite: free TCP ports for torchrun; torch's deterministic mode put back after each test;
-one CPU share per pytest-xdist worker."""
+one CPU share per pytest-xdist worker; a tiny COCO dataset writer and a small synthetic dataset."""
 
 from __future__ import annotations
 
 import os
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+
+from data_helpers import write_coco
+from dynamic_detr.data.synthetic import generate
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,3 +93,22 @@ def local_http() -> Iterator[Callable[[dict[str, tuple[int, str, bytes]]], str]]
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def coco_writer(tmp_path: Path) -> Callable[..., Path]:
+    """`coco_writer(images=..., annotations=..., categories=...)` -> dataset root in a fresh tmp dir."""
+    counter = iter(range(1000))
+
+    def make(**kw: Any) -> Path:
+        return write_coco(tmp_path / f"ds{next(counter)}", **kw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset (12 train / 4 val images at 320 px, seed 0), generated once per session."""
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, train=12, val=4, image_size=320, seed=0)
+    return root

@@ -198,6 +198,10 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     dense: DenseHeadConfig = field(default_factory=DenseHeadConfig)
 
+    def names(self) -> dict[int, str]:
+        """Dataset category id -> class name (for drawing and reports; empty before `train` fills them)."""
+        return dict(zip(self.category_ids, self.class_names, strict=False))
+
 
 @dataclass
 class DataConfig:
@@ -237,7 +241,7 @@ class DataConfig:
     """Padded batches are rounded up to a multiple of this."""
     group_by_aspect: bool = True
     """Training batches hold images of one orientation (portrait h > w, or landscape / square, from the JSON's
-    sizes), which cuts padding: `engine.sampler.GroupedBatchSampler` (at most one mixed batch per epoch and
+    sizes), which cuts padding: `data.sampler.GroupedBatchSampler` (at most one mixed batch per epoch and
     rank, from the leftovers; same batch count, resumable). False: batches in the shuffled order as drawn."""
     num_workers: int = 2
 
@@ -296,7 +300,7 @@ class TrainConfig:
     amp: str = "none"
     """"none" | "bf16" | "fp16" (fp16 on CUDA only). "bf16" on a CPU without native bf16 (AVX2-only: oneDNN
     emulates it, a cpu_small step 26 s against 4.7 s in float32 on a 2-core AVX2 EPYC) trains and evaluates in
-    float32, and the run says so (`engine.inference.effective_amp`). With native bf16 (AVX-512 bf16 / AMX) cpu_small
+    float32, and the run says so (`evaluate.inference.effective_amp`). With native bf16 (AVX-512 bf16 / AMX) cpu_small
     trains x1.29 faster in bf16 (docs/benchmarks.md)."""
     ema: bool = False
     ema_decay: float = 0.9998

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -59,3 +62,18 @@ def remove_stale_temp_files(path: str | Path) -> list[Path]:
             tmp.unlink()
             removed.append(tmp)
     return removed
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically; NaN (an undefined metric, e.g. APs without small objects) becomes null."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n")

@@ -12,8 +12,8 @@ import torch
 from bench_helpers import BENCH, needs, run_bench
 
 from dynamic_detr.data.synthetic import CLASSES
-from dynamic_detr.engine.evaluate import AP_NAMES
-from dynamic_detr.engine.loading import load_model
+from dynamic_detr.evaluate.metrics import AP_NAMES
+from dynamic_detr.model.loading import load_model
 
 
 @pytest.fixture(scope="module")

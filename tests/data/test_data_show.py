@@ -6,21 +6,20 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from data_helpers import ann, image
 from PIL import Image
 
+from data_helpers import ann, image
 from dynamic_detr.cli.main import main
 from dynamic_detr.config import apply_overrides, get_preset
 from dynamic_detr.data import CocoDetection, check_dataset
 from dynamic_detr.data import show as show_mod
-from dynamic_detr.engine.sampler import ResumableSampler
-from dynamic_detr.engine.trainer import Trainer
-from dynamic_detr.engine.visualize import draw_ground_truth
+from dynamic_detr.data.loaders import load_split, train_loader
+from dynamic_detr.data.sampler import ResumableSampler
+from dynamic_detr.visualize import draw_ground_truth
 
 
 def _spy_drawing(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
@@ -63,8 +62,9 @@ def test_show_draws_the_annotated_boxes(synth_root: Path, tmp_path: Path, monkey
 
 
 def test_show_augment_draws_the_trainers_samples(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
-    """--augment pictures are the first samples of the trainer's epoch 0 (its own sampler, dataset wrapper and
-    train transforms, taken from `Trainer._build_data`), boxes and pixels, crops and flips on."""
+    """--augment pictures are the first samples of the trainer's epoch 0 (its sampler, dataset wrapper and train
+    transforms, from `data.loaders.train_loader` as the trainer builds them), boxes and pixels, crops and flips
+    on."""
     calls = _spy_drawing(monkeypatch)
     overrides = ["data.crop_prob=1.0", "data.hflip_prob=0.5", "train.seed=7"]
     out = tmp_path / "aug"
@@ -73,15 +73,13 @@ def test_show_augment_draws_the_trainers_samples(synth_root: Path, tmp_path: Pat
 
     # the trainer's per-sample order (its batches grouped by orientation are those samples, regrouped)
     cfg = apply_overrides(get_preset("cpu_tiny"), [*overrides, "data.group_by_aspect=false"])
-    trainer = Trainer.__new__(Trainer)  # only the data side of a trainer
-    trainer.cfg, trainer.data_root = cfg, synth_root
-    trainer.dist = SimpleNamespace(world_size=1, rank=0, distributed=False)
-    trainer._build_data()
-    trainer.train_sampler.set_epoch(0)
-    keys = list(trainer.train_sampler)[:6]
+    loader, sampler = train_loader(load_split(synth_root, "train", cfg.data), cfg.data, cfg.train.batch_size,
+                                   cfg.train.seed)
+    sampler.set_epoch(0)
+    keys = list(sampler)[:6]
     assert len(calls) == 6
     for k, (key, call) in enumerate(zip(keys, calls, strict=True)):
-        img, target = trainer.train_loader.dataset[key]
+        img, target = loader.dataset[key]
         boxes = torch.Tensor.as_subclass(target["boxes"], torch.Tensor)
         assert torch.equal(call["boxes"], boxes)
         assert torch.equal(call["labels"], target["labels"])

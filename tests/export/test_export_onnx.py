@@ -12,8 +12,9 @@ import torch
 from export_helpers import CATEGORY_IDS, ContinuousParts, live_model, tiny_config, well_conditioned
 from PIL import Image
 
+from dynamic_detr.api import save_pretrained
+from dynamic_detr.checkpoint import save_checkpoint
 from dynamic_detr.cli.main import main
-from dynamic_detr.engine.checkpoint import save_checkpoint
 from dynamic_detr.export.onnx_export import Parity, compare, export_onnx
 
 # the export extra (also in dev): without it this module is skipped
@@ -115,7 +116,7 @@ def test_wrapper_is_the_models_postprocess(model, exported):
 
 
 def test_cli_export_check_on_image_folder(model, tmp_path, capsys):
-    model.save_pretrained(tmp_path / "model")
+    save_pretrained(model, tmp_path / "model")
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -156,7 +157,7 @@ def test_cli_export_check_fails_out_of_tolerance(model, tmp_path, capsys, monkey
         return wrapper
 
     monkeypatch.setattr(onnx_export, "export_onnx", drifting_export)
-    model.save_pretrained(tmp_path / "model")
+    save_pretrained(model, tmp_path / "model")
     out = tmp_path / "m.onnx"
     code = main(["export", "--checkpoint", str(tmp_path / "model"), "--out", str(out), "--image-size",
                  *map(str, SIZE), "--portable", "--check"])

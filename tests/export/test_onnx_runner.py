@@ -14,9 +14,10 @@ import torch
 from export_helpers import CATEGORY_IDS, CLASS_NAMES, live_model
 from PIL import Image, ImageDraw
 
+from dynamic_detr.api import save_pretrained
 from dynamic_detr.cli.main import main
-from dynamic_detr.engine.predictor import Predictor
 from dynamic_detr.export.onnx_runner import load_onnx
+from dynamic_detr.predict.predictor import Predictor
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -37,7 +38,7 @@ def graphs(model, tmp_path_factory):
     portable with a free batch. (Batch 1, the default, runs as batch 3 does, one image per chunk: the slow test
     below exports it.)"""
     root = tmp_path_factory.mktemp("graphs")
-    model.save_pretrained(root / "model")
+    save_pretrained(model, root / "model")
     for name, extra in (("batch3", ["--batch", "3"]), ("dynamic", ["--dynamic", "--portable"])):
         assert main(["export", "--checkpoint", str(root / "model"), "--out", str(root / f"{name}.onnx"),
                      *extra]) == 0
@@ -152,7 +153,7 @@ def test_eval_of_trained_model_onnx_matches_checkpoint_ap(tmp_path):
     """A model trained to fit 4 images of several aspect ratios (128 steps; AP 77, AP50 100 on them, measured):
     its exported graph's AP on them is the checkpoint's within 0.5."""
     from dynamic_detr.config import get_preset
-    from dynamic_detr.engine.trainer import Trainer
+    from dynamic_detr.train.trainer import Trainer
 
     sizes = [(96, 96), (120, 80), (72, 128), (100, 100)]
     data = make_shapes_dataset(tmp_path / "data", sizes)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from model_helpers import padded_batch, tiny_cfg
 
+from dynamic_detr.api import detect
 from dynamic_detr.config import get_preset
 from dynamic_detr.errors import ConfigError
 from dynamic_detr.model import DynamicDETR
@@ -191,8 +192,8 @@ def test_predict_leaves_each_modules_training_mode_as_it_was():
     model = DynamicDETR(tiny_cfg(), load_weights=False).train()
     model.backbone.eval()  # a mixed state (e.g. a frozen part) is kept too, not flattened by `train(True)`
     before = [m.training for m in model.modules()]
-    model.predict(np.zeros((40, 60, 3), dtype=np.uint8), threshold=0.0)
+    detect(model, np.zeros((40, 60, 3), dtype=np.uint8), threshold=0.0)
     assert [m.training for m in model.modules()] == before
     with pytest.raises(UserError):
-        model.predict(123)  # an error half-way restores it too
+        detect(model, 123)  # an error half-way restores it too
     assert [m.training for m in model.modules()] == before

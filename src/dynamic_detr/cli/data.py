@@ -178,8 +178,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ..data.coco import CocoDetection
-    from ..data.layout import split_source
+    from ..data.loaders import load_split
     from ..data.show import dataset_stats, plot_summary, show_samples
 
     if args.n < 0:
@@ -190,7 +189,7 @@ def _show(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     split = args.split or cfg.data.train_split
     seed = cfg.train.seed if args.seed is None else args.seed
-    dataset = CocoDetection(args.data, split, source=split_source(args.data, split, cfg.data))
+    dataset = load_split(args.data, split, cfg.data)
     if args.out.is_dir() and args.out.resolve() == dataset.records.image_dir.resolve():
         raise UserError(f"{args.out}: is the dataset's image folder; choose another --out")
     written = show_samples(args.data, split, args.out, args.n, seed, args.augment, cfg.data, dataset=dataset)

@@ -42,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
     from ..data.records import annotation_path
     from ..data.synthetic import generate
-    from ..engine.evaluate import format_table
-    from ..engine.trainer import Trainer
     from ..errors import UserError
+    from ..evaluate.metrics import format_table
+    from ..train.trainer import Trainer
     from .common import check_out_folder, resolve_device
 
     resolve_device(args.device)  # checked here: the trainer takes the name
@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result.metrics))
 
     print("[4/4] drawing predictions on validation images", flush=True)
-    from ..engine.loading import load_model
-    from ..engine.predictor import Predictor
+    from ..model.loading import load_model
+    from ..predict.predictor import Predictor
 
     pred_dir = args.out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)

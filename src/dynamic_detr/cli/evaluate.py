@@ -51,15 +51,13 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
 
     from ..data.coco import CocoDetection
-    from ..data.collate import build_loader
     from ..data.layout import split_source
-    from ..data.transforms import build_transforms
-    from ..engine.evaluate import format_table
-    from ..engine.inference import evaluate_model
-    from ..engine.loading import load_model
-    from ..engine.report import AP_KEYS, atomic_write_json
-    from ..engine.sampler import SeededDataset
+    from ..data.loaders import eval_loader
+    from ..evaluate.inference import evaluate_model
+    from ..evaluate.metrics import format_table, metrics_json
     from ..export.onnx_runner import is_onnx, load_onnx
+    from ..fileio import atomic_write_json
+    from ..model.loading import load_model
 
     model, cfg = (load_onnx(args.checkpoint) if is_onnx(args.checkpoint)
                   else load_model(args.checkpoint, device, prefer_ema=not args.raw))
@@ -70,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.model.category_ids and set(cfg.model.category_ids) - set(dataset.category_ids):
         missing = sorted(set(cfg.model.category_ids) - set(dataset.category_ids))[:5]
         print(f"warning: the model predicts category ids the dataset does not have (e.g. {missing})")
-    loader = build_loader(SeededDataset(dataset, build_transforms(cfg.data, train=False)), args.batch_size,
-                          train=False, num_workers=args.workers, size_divisibility=cfg.data.size_divisibility)
+    loader = eval_loader(dataset, cfg.data, args.batch_size, num_workers=args.workers)
     names = dict(zip(dataset.category_ids, dataset.class_names, strict=True))
     keep: dict = {}
     metrics, dets = evaluate_model(model, loader, dataset.coco_gt(), names, device, args.amp, keep=keep,
@@ -79,19 +76,17 @@ def run(args: argparse.Namespace) -> int:
     assert metrics is not None
     print(format_table(metrics))
     if args.out:
-        data = {k: metrics[k] for k in AP_KEYS}
-        data["per_class"] = metrics["per_class"]
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out, data)
+        atomic_write_json(args.out, metrics_json(metrics))
         print(f"metrics written to {args.out}")
     if args.save_detections:
         args.save_detections.parent.mkdir(parents=True, exist_ok=True)
         args.save_detections.write_text(json.dumps(dets))
         print(f"{len(dets)} detections written to {args.save_detections}")
     if args.plots:
-        from ..engine.analysis import write_analysis
-        from ..engine.error_breakdown import format_errors
-        from ..engine.visualize import dataset_images
+        from ..evaluate.analysis import write_analysis
+        from ..evaluate.error_breakdown import format_errors
+        from ..visualize import dataset_images
 
         summary = write_analysis(args.plots, keep["evaluator"], dataset_images(dataset, 8), args.plot_threshold)
         print()

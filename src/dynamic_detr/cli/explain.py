@@ -1,4 +1,4 @@
-"""`dynamic-detr explain`: pictures of what a trained model does on one image (engine/explain.py)."""
+"""`dynamic-detr explain`: pictures of what a trained model does on one image (predict/explain.py)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data.image_io import read_image
-    from ..data.records import aspect_problem
-    from ..engine.explain import explain_image, save_explanation
-    from ..engine.loading import load_model
-    from ..engine.predictor import check_output_folder
+    from ..data.validate import aspect_problem
     from ..errors import UserError
+    from ..model.loading import load_model
+    from ..predict.explain import explain_image, save_explanation
+    from ..predict.predictor import check_output_folder
     from .common import resolve_device
 
     device = resolve_device(args.device)

@@ -65,7 +65,6 @@ def _check_files(data: Path | None, val_split: str) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.loading import load_model
     from ..export.onnx_export import (
         BOX_TOL_PX,
         MIN_LABEL_AGREEMENT,
@@ -75,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         compare,
         export_onnx,
     )
+    from ..model.loading import load_model
 
     model, cfg = load_model(args.checkpoint, "cpu")
     size = tuple(args.image_size) if args.image_size else default_image_size(cfg.data.eval_max_size,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..engine.predict_writer import PredictSummary
+    from ..predict.writer import PredictSummary
 
 
 def register(sub) -> None:
@@ -67,10 +67,10 @@ def list_inputs(inputs: list[Path]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
 
     from ..data.sources import iter_items, resolve_sources
-    from ..engine.loading import load_model
-    from ..engine.predictor import Predictor, check_output_folder
-    from ..engine.progress import progress
     from ..export.onnx_runner import is_onnx, load_onnx
+    from ..model.loading import load_model
+    from ..predict.predictor import Predictor, check_output_folder
+    from ..progress import progress
     from .common import check_out_folder, resolve_device
 
     device = resolve_device(args.device)

@@ -37,10 +37,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.distributed import process_group_scope
-    from ..engine.rundir import fresh_run_dir
-    from ..engine.trainer import Trainer
+    from ..distributed import process_group_scope
     from ..errors import UserError
+    from ..train.rundir import fresh_run_dir
+    from ..train.trainer import Trainer
 
     resume = args.resume is not False
     if args.weights is not None and resume:

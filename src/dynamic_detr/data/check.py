@@ -19,7 +19,8 @@ import numpy as np
 
 from .image_io import ImageProbe, ImageReadError, probe_image
 from .layout import SplitSource
-from .records import aspect_problem, load_records
+from .records import load_records
+from .validate import aspect_problem
 
 SMALL, MEDIUM = 32**2, 96**2
 """COCO area thresholds: small < 32^2 <= medium < 96^2 <= large."""

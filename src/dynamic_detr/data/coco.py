@@ -3,7 +3,7 @@ layout `layout.resolve_split` finds (a COCO file at any path, a Roboflow export,
 
 Validation (what stops, what is skipped) is `records.load_records`; see docs/data.md for the policy.
 Pixels are read lazily in `__getitem__`; a file that fails to decode there (or decodes to an aspect ratio over
-`records.MAX_ASPECT_RATIO`:1) is replaced by the next readable sample, which keeps its own target and lists the
+`validate.MAX_ASPECT_RATIO`:1) is replaced by the next readable sample, which keeps its own target and lists the
 failures in `target["unreadable"]` (counted in `load_failures`, warned once), so that a long run never dies on one
 bad file. The evaluation collate drops such a stand-in (served again at its own index) and reports the failed
 image instead, so evaluation skips it rather than scoring another image twice.
@@ -30,7 +30,8 @@ from torchvision import tv_tensors
 from ..errors import DatasetError
 from .image_io import ImageReadError, read_image
 from .layout import SplitSource, resolve_split
-from .records import Records, aspect_problem, load_records, release_free_memory
+from .records import Records, load_records, release_free_memory
+from .validate import aspect_problem
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def aspect_groups(self) -> np.ndarray:
         """int8 [N] per index: 1 portrait (height > width in the JSON), 0 landscape or square; for
-        `engine.sampler.GroupedBatchSampler`."""
+        `data.sampler.GroupedBatchSampler`."""
         return (self.records.heights > self.records.widths).astype(np.int8)
 
     # ------------------------------------------------------------------ construction helpers

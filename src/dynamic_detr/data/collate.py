@@ -101,7 +101,7 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: in
     workers when `num_workers > 0` (started with `worker_init`); pinned memory when CUDA is available;
     drop_last=False. Not `train`: stand-ins for undecodable images are dropped (`collate(drop_unreadable=True)`).
     A `BatchSampler` (e.g.
-    `engine.sampler.GroupedBatchSampler`) forms the batches itself: `batch_size` is then its own."""
+    `data.sampler.GroupedBatchSampler`) forms the batches itself: `batch_size` is then its own."""
     batches = isinstance(sampler, BatchSampler)
     return DataLoader(
         dataset,

@@ -18,7 +18,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..fileio import atomic_write_text
 from .layout import SplitSource
-from .records import Issue, load_records, release_free_memory
+from .records import load_records, release_free_memory
+from .validate import Issue
 
 IMAGE_MODES = ("copy", "symlink", "hardlink")
 

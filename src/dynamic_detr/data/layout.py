@@ -16,6 +16,7 @@ and then its aliases (`val` -> `valid`, `validation`; `valid` -> `val`):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,12 +74,41 @@ class SplitSource:
             from .voc import voc_to_coco
 
             return voc_to_coco(self.root, self.name, reporter, check_files=check_files)
-        from .records import read_json
-
         data = read_json(self.ann_file)
         if self.layout.startswith("Roboflow"):
             drop_roboflow_placeholder(data)
         return data, self.image_dir
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The annotation file as a dict with list-valued `images`, `annotations`, `categories`."""
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: annotation file not found") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: is a directory, expected a COCO annotation JSON file") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read annotation file ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: not a COCO annotation file (JSON nested too deeply to read)") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories, "
+                           f"got a {type(data).__name__}")
+    missing = [k for k in ("images", "annotations", "categories") if k not in data]
+    if missing:
+        raise DatasetError(f"{path}: missing required key{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(repr(k) for k in missing)} (a COCO file has images, annotations, "
+                           "categories)")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            raise DatasetError(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    return data
 
 
 def drop_roboflow_placeholder(data: dict[str, Any]) -> None:

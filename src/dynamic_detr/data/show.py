@@ -2,7 +2,7 @@
 
 * samples: N images with their ground-truth boxes and class names drawn. With `augment`, after the training
   augmentations exactly as the trainer applies them: `build_transforms(train=True)` under the per-sample seed
-  of `ResumableSampler` (`engine/sampler.py`), so the N pictures are the first N samples of epoch 0 of a
+  of `ResumableSampler` (`data/sampler.py`), so the N pictures are the first N samples of epoch 0 of a
   one-process run with `train.seed = seed`. A crop or flip that moves the image but not the boxes shows here.
   Without `augment` the same N images as read from disk.
 * summary: objects per class, object size (sqrt of the COCO `area`, px, with COCO's small / medium / large
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
-from ..engine.sampler import ResumableSampler, SeededDataset
-from ..engine.visualize import draw_ground_truth
+from ..visualize import draw_ground_truth
 from .coco import CocoDetection
 from .records import Records
+from .sampler import ResumableSampler, SeededDataset
 from .transforms import build_transforms
 
 SIZE_BOUNDS = (32, 96)
@@ -72,9 +72,9 @@ def show_samples(root: Path, split: str, out: Path, n: int, seed: int, augment: 
     """Write `out/<k>_<image stem>.png` for the first `n` samples of epoch 0 (`ResumableSampler` order with
     `seed`), ground truth drawn, augmented as in training when `augment`. Returns the written paths."""
     if dataset is None:  # not `or`: an empty dataset is falsy
-        from .layout import split_source
+        from .loaders import load_split
 
-        dataset = CocoDetection(root, split, source=split_source(root, split, data_cfg))
+        dataset = load_split(root, split, data_cfg)
     view = SeededDataset(dataset, build_transforms(data_cfg, train=True) if augment else None)
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=seed)
     sampler.set_epoch(0)

@@ -142,7 +142,7 @@ def resolve_sources(inputs: Iterable[str], out: Path | None = None) -> Sources:
 def iter_items(sources: Iterable[Source]) -> Iterator[Item | Skipped]:
     """Decode `sources` one at a time: an `Item` per image or frame, a `Skipped` per input that fails (a video
     that fails part-way yields its frames so far, then a `Skipped` for the rest)."""
-    from .records import aspect_problem
+    from .validate import aspect_problem
 
     for source in sources:
         if source.kind in ("video", "webcam"):

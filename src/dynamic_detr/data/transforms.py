@@ -9,7 +9,7 @@ Eval: resize the short side to `eval_short_side` (long side capped at `eval_max_
 The resize (`ResizeShortSide`) is `v2.Resize([s], max_size=m)`'s rule, "short side = s unless the long side would
 exceed m, then long side = m" (tests/data check it), except that no side goes below 1 px (torchvision floors
 the capped short side of a 1 x 1000 image to 0); it needs m > s, which `build_transforms` checks.
-All randomness comes from torch's RNG, so `engine.sampler.SeededDataset` makes it reproducible.
+All randomness comes from torch's RNG, so `data.sampler.SeededDataset` makes it reproducible.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def _size(tree: ET.Element) -> tuple[int, int] | None:
 
 def voc_to_coco(root: Path, split: str, v: Any, check_files: bool = True) -> tuple[dict[str, Any], Path]:
     """The split as a COCO dict (image ids 1..N in list order, `file_name` relative to `JPEGImages/`) and the
-    image folder. `v` is the `records._Validator`: it stops (training) or records (`data check`) what is
+    image folder. `v` is the `validate.Validator`: it stops (training) or records (`data check`) what is
     malformed, with the xml's path and the object's number."""
     list_file = root / "ImageSets" / "Main" / f"{split}.txt"
     ann_dir, img_dir = root / "Annotations", root / "JPEGImages"

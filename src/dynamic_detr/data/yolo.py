@@ -15,7 +15,7 @@ Normalised coordinates need each image's size: it is read from the file's header
 pool), in the upright frame (EXIF orientation applied, as Ultralytics does). Class `k` becomes category id
 `k + 1` with the yaml's name. What only this format can get wrong (a malformed line, a class outside `names`,
 an image that cannot be opened) is reported here with the file and line; boxes then go through the same
-validation as any COCO file (`records.py`), whose messages name the label file and line too.
+validation as any COCO file (`validate.py`), whose messages name the label file and line too.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _common_dir(paths: list[Path]) -> Path:
 
 def yolo_to_coco(spec: YoloSpec, split: str, v: Any) -> tuple[dict[str, Any], Path]:
     """The split as a COCO dict: images (ids 1..N, `file_name` relative to the images' common folder, returned
-    too), one annotation per label line, categories `k + 1` named `names[k]`. `v` is the `records._Validator`."""
+    too), one annotation per label line, categories `k + 1` named `names[k]`. `v` is the `validate.Validator`."""
     paths = split_images(spec, split)
     image_dir = _common_dir(paths) if paths else _resolve(spec, spec.splits[split][0])
     categories = [{"id": k + 1, "name": name, "supercategory": ""} for k, name in sorted(spec.names.items())]

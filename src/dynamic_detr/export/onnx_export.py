@@ -42,7 +42,7 @@ INPUT_NAMES = ["images", "valid_sizes", "orig_sizes"]
 OUTPUT_NAMES = ["boxes", "scores", "labels"]
 BOX_TOL_PX, SCORE_TOL, MIN_LABEL_AGREEMENT = 1.0, 1e-3, 1.0
 """Parity tolerance (`Parity.failures`, `export --check`): boxes within 1 px, scores within 1e-3, every label
-the same. Measured differences are far below (README: at most 0.25 px and 1.3e-4, paper_r50 at 320x416)."""
+the same. Measured differences are far below (docs/export.md, "Native and portable graphs")."""
 METADATA_KEY = "dynamic_detr"
 """The graph's metadata_props key holding JSON: `format` (METADATA_FORMAT), `config` (the full config: classes,
 category ids, eval resize), `input` ({"layout": "letterbox", "height", "width"}), `top_k`, `portable`."""

@@ -3,7 +3,7 @@
 `OnnxDetector` quacks like `DynamicDETR` for inference: `detector(images, masks)` takes the batch PyTorch eval
 builds (the config's eval resize, padded bottom / right, masks True on padding) and `detector.postprocess(
 outputs, orig_sizes)` returns the same detections (boxes xyxy in original pixels, scores, dataset category
-ids). So `engine/predictor.py` and `engine/inference.py` run it unchanged, with the exact pre-processing of the
+ids). So `predict/predictor.py` and `evaluate/inference.py` run it unchanged, with the exact pre-processing of the
 PyTorch path. The config (classes, category ids, eval sizes) comes from the graph's metadata, written by
 `export_onnx`. Each image of a batch is placed on the graph's fixed canvas (`letterbox`) with its valid size;
 a graph with a fixed batch dimension runs in chunks of that size, the last one filled with blank images.
@@ -136,6 +136,6 @@ def _parse(text: str, path: Path) -> dict[str, Any]:
 
 
 def load_onnx(path: str | Path) -> tuple[OnnxDetector, Config]:
-    """(detector, config) from an exported graph, as `engine.loading.load_model` gives them from a checkpoint."""
+    """(detector, config) from an exported graph, as `model.loading.load_model` gives them from a checkpoint."""
     detector = OnnxDetector(path)
     return detector, detector.config

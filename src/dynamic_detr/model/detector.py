@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -212,85 +211,6 @@ class DynamicDETR(nn.Module):
             labels = self.category_ids.to(labels.device)[labels]
         return xyxy, scores, labels
 
-    # ----------------------------------------------------------------- Python API
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> DynamicDETR:
-        """A model in eval mode from a `save_pretrained` directory, a run folder, a training checkpoint (EMA
-        weights when present) or a weights .safetensors file; raises CheckpointError (one line) on a bad file."""
-        from ..engine.loading import load_model
-
-        return load_model(path, device)[0]
-
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write the directory `path`: `config.json` (the full config) and `model.safetensors` (weights, the
-        config again in its metadata), each atomically."""
-        import json
-
-        from ..config import Config
-        from ..engine.checkpoint import save_weights
-        from ..fileio import atomic_write_text
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        text = json.dumps((self.run_config or Config(model=self.cfg)).to_dict(), indent=1)
-        save_weights(path / "model.safetensors", self.state_dict(), {"config": text})
-        atomic_write_text(path / "config.json", text)
-
-    @torch.no_grad()
-    def predict(self, images: Any, threshold: float = 0.5, batch_size: int = 8) -> list[dict[str, Any]]:
-        """Detect objects; the config's eval transform (resize) is applied, `batch_size` images at a time. Runs in
-        eval mode and leaves every module's training mode as it was (a check inside a training loop).
-
-        Args:
-            images: one image or a list of them; each a PIL image, a numpy HWC (or HW) uint8 array, a tensor
-                [3, H, W] (uint8, or float in [0, 1]) or an image file path.
-            threshold: minimum score kept.
-        Returns:
-            per image {"boxes": [n, 4] xyxy in original pixels, "scores": [n], "labels": [n] dataset
-            category ids, "names": n category names}, highest score first.
-        """
-        from ..config import Config
-        from ..engine.predictor import Predictor
-
-        items = images if isinstance(images, list | tuple) else [images]
-        device = next(self.parameters()).device
-        results = []
-        with modes_kept(self):
-            predictor = Predictor(self, self.run_config or Config(model=self.cfg), device)
-            for start in range(0, len(items), batch_size):
-                for res in predictor([_as_image_tensor(x) for x in items[start:start + batch_size]]):
-                    keep = res["scores"] >= threshold
-                    res = {k: v[keep] for k, v in res.items()}
-                    res["names"] = [predictor.names.get(int(c), str(int(c))) for c in res["labels"]]
-                    results.append(res)
-        return results
-
-
-def _as_image_tensor(image: Any) -> Tensor:
-    """PIL image, numpy HWC / HW array, tensor [3, H, W] or path -> tensor [3, H, W] (uint8 or float)."""
-    import numpy as np
-    from PIL import Image
-
-    from ..errors import UserError
-
-    if isinstance(image, str | Path):
-        from ..data.image_io import read_image
-
-        return torch.Tensor.as_subclass(read_image(Path(image)), Tensor)
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise UserError(f"numpy image must be HxWx3 (or HxW), got shape {image.shape}")
-        return torch.from_numpy(np.array(image[..., :3])).permute(2, 0, 1)  # a copy: arrays may be read-only
-    if isinstance(image, Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise UserError(f"tensor image must be [3, H, W], got {list(image.shape)}")
-        return image.cpu()
-    raise UserError(f"cannot read an image from a {type(image).__name__} (PIL image, numpy array, tensor or path)")
-
 
 def top_k_detections(logits: Tensor, boxes: Tensor, orig_sizes: Tensor, focal: bool,
                      top_k: int = 100) -> tuple[Tensor, Tensor, Tensor]:
@@ -313,7 +233,7 @@ def top_k_detections(logits: Tensor, boxes: Tensor, orig_sizes: Tensor, focal: b
 
 def top_k_queries(logits: Tensor, focal: bool, top_k: int = 100) -> tuple[Tensor, Tensor, Tensor]:
     """The selection of `top_k_detections`: scores [B, k], the query index [B, k] of each detection and its
-    contiguous label [B, k] (`engine/explain.py` follows a detection back through the decoder stages)."""
+    contiguous label [B, k] (`predict/explain.py` follows a detection back through the decoder stages)."""
     logits = logits.float()
     k, c = logits.shape[1:]
     if focal:

@@ -36,7 +36,7 @@ class DyReLU(nn.Module):
         nn.init.zeros_(self.fc[2].bias)
 
     def coefficients(self, x: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """x: [B, C, H, W] -> (a1, a2, b1, b2), each [B, C, 1, 1] (also read by `engine/explain.py`); the pooling
+        """x: [B, C, H, W] -> (a1, a2, b1, b2), each [B, C, 1, 1] (also read by `predict/explain.py`); the pooling
         is over `valid` [B, 1, H, W] (each image's unpadded region, model/padding.py) when given."""
         h = F.hardsigmoid(self.fc(masked_mean(x, valid))) - 0.5  # [B, 4C], 0 at init
         a1, a2, b1, b2 = h[:, :, None, None].chunk(4, dim=1)

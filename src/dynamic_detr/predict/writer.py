@@ -1,0 +1,144 @@
+"""`predict`'s outputs: detections of streamed images and video frames, drawn and written as they come.
+
+    OUT/<name>.png + OUT/<name>.json     an image: boxes drawn; its detections
+    OUT/<name>.mp4 + OUT/<name>.json     a video or webcam: every frame drawn; one JSON with a list of frames
+
+The model is any callable with `Predictor.__call__`'s contract (uint8 [3, H, W] images -> per image `boxes`,
+`scores`, `labels`), so another runtime can use the same outputs. Only `batch_size` decoded images are held at a
+time, and a video's JSON is written frame by frame: memory does not grow with the number of inputs or frames.
+Every path written is checked to lie inside OUT (a name that would leave it is a UserError, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from ..data.sources import Item, Skipped, VideoStream
+from ..errors import UserError
+from ..visualize import draw_detections
+
+Detect = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
+
+
+@dataclass
+class PredictSummary:
+    """What a run wrote, and the one-line messages of the inputs it skipped."""
+
+    images: int = 0
+    videos: int = 0
+    frames: int = 0
+    detections: int = 0
+    failed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    """Ctrl-C stopped the run: an open video and its JSON were closed where it stopped (both stay readable); the
+    images of the unfinished batch were dropped."""
+
+
+def write_predictions(detect: Detect, names: dict[int, str], items: Iterable[Item | Skipped], out: Path,
+                      threshold: float, batch_size: int = 4) -> PredictSummary:
+    """Run `detect` over `items` (`data.sources.iter_items`) `batch_size` at a time and write the outputs."""
+    summary = PredictSummary()
+    chunk: list[Item] = []
+    video: _VideoOutput | None = None
+
+    def flush() -> None:
+        nonlocal video
+        results = detect([item.image for item in chunk])
+        for item, res in zip(chunk, results, strict=True):
+            keep = res["scores"] >= threshold
+            dets = [_detection(b, s, c, names) for b, s, c in
+                    zip(res["boxes"][keep], res["scores"][keep], res["labels"][keep], strict=True)]
+            drawn = draw_detections(item.image, res["boxes"], res["scores"], res["labels"], names, threshold)
+            summary.detections += len(dets)
+            if item.video is None:
+                _write_image(out, item, drawn, dets, threshold)
+                summary.images += 1
+                continue
+            if video is None or video.stream is not item.video:
+                if video is not None:
+                    video.close()
+                video = _VideoOutput(out, item, threshold)
+                summary.videos += 1
+            video.write(item, drawn, dets)
+            summary.frames += 1
+        chunk.clear()
+
+    try:
+        for item in items:
+            if isinstance(item, Skipped):
+                summary.failed.append(item.message)
+                continue
+            chunk.append(item)
+            if len(chunk) == batch_size:
+                flush()
+        if chunk:
+            flush()
+    except KeyboardInterrupt:  # the way to end a webcam: close what is open, report what was done
+        summary.interrupted = True
+    finally:
+        if video is not None:
+            video.close()
+    return summary
+
+
+def _write_image(out: Path, item: Item, drawn: torch.Tensor, dets: list[dict], threshold: float) -> None:
+    from PIL import Image
+
+    png, record_path = _output_path(out, item, ".png"), _output_path(out, item, ".json")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy()).save(png)
+    record: dict[str, Any] = {"file": item.origin, "height": int(item.image.shape[-2]),
+                              "width": int(item.image.shape[-1]), "threshold": threshold, "detections": dets}
+    record_path.write_text(json.dumps(record, indent=1))
+
+
+def _output_path(out: Path, item: Item, suffix: str) -> Path:
+    """`out/<name><suffix>`, refused (UserError) unless it lies inside `out`, through `..` and symlinks: a drawing
+    must never replace a file elsewhere, such as an input (`data.sources` makes names safe; this is the last check)."""
+    path = out / (item.name + suffix)
+    if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(out)):
+        raise UserError(f"{item.origin}: output {path} would be written outside {out}; refused")
+    return path
+
+
+class _VideoOutput:
+    """One video's drawn frames (`<name>.mp4`) and its JSON, `{"file", "width", "height", "fps", "threshold",
+    "frames": [{"frame", "time", "detections"}, ...]}`, written one frame at a time."""
+
+    def __init__(self, out: Path, first: Item, threshold: float) -> None:
+        from ..data.video import VideoWriter
+
+        assert first.video is not None
+        self.stream: VideoStream = first.video
+        video, record_path = _output_path(out, first, ".mp4"), _output_path(out, first, ".json")
+        video.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = VideoWriter(video, self.stream.fps)
+        head = {"file": first.origin, "height": int(first.image.shape[-2]), "width": int(first.image.shape[-1]),
+                "fps": round(self.stream.fps, 3), "threshold": threshold}
+        self.json: IO[str] = record_path.open("w")
+        self.json.write(json.dumps(head)[:-1] + ', "frames": [')
+        self.count = 0
+
+    def write(self, item: Item, drawn: torch.Tensor, dets: list[dict]) -> None:
+        self.writer.write(drawn.permute(1, 2, 0).contiguous().numpy())
+        time = None if item.time is None else round(item.time, 3)
+        self.json.write(("," if self.count else "") + "\n"
+                        + json.dumps({"frame": item.frame, "time": time, "detections": dets}))
+        self.count += 1
+
+    def close(self) -> None:
+        self.writer.close()
+        self.json.write("\n]}\n")
+        self.json.close()
+
+
+def _detection(box: torch.Tensor, score: torch.Tensor, label: torch.Tensor, names: dict[int, str]) -> dict:
+    cat = int(label)
+    return {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "category_id": cat,
+            "category": names.get(cat, str(cat))}
