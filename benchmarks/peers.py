@@ -40,7 +40,6 @@ from dynamic_detr.evaluate.inference import autocast
 from dynamic_detr.model import DynamicDETR
 from dynamic_detr.model.detector import IMAGENET_MEAN, IMAGENET_STD, top_k_detections
 from dynamic_detr.objective.criterion import SetCriterion
-from dynamic_detr.train.loop import float32_outputs
 from dynamic_detr.train.optim import adamw, param_groups
 
 LADDER = ("faithful", *(name for name, _ in RECIPE[:-1]), "dynamic_detr")
@@ -181,12 +180,12 @@ def ours_from_config(name: str, cfg: Config, num_classes: int) -> Contender:
     def loss(batch: Batch) -> Tensor:
         with autocast(batch.images.device, t.amp):
             outputs = model(batch.images, batch.masks, batch.targets)
-        return criterion(float32_outputs(outputs), batch.targets)["loss"]
+        return criterion(outputs, batch.targets)["loss"]
 
     def detect(batch: Batch) -> list[dict[str, Tensor]]:
         with autocast(batch.images.device, t.amp):
             outputs = model(batch.images, batch.masks)
-        return model.postprocess(float32_outputs(outputs), _orig_sizes(batch))
+        return model.postprocess(outputs, _orig_sizes(batch))
 
     settings = {"optimizer": "adamw", "lr": t.lr, "weight_decay": t.weight_decay, "clip": t.clip_max_norm,
                 "amp": t.amp}

@@ -14,6 +14,7 @@ import torch
 from ..checkpoint import check_compatible, load_checkpoint, load_weights
 from ..config import Config
 from ..errors import CheckpointError, ConfigError
+from .backbone import resolve_norm
 
 
 def resolve_weights_path(path: Path) -> Path:
@@ -86,8 +87,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", prefer_ema:
     trained = read_trained(path, prefer_ema)
     path, state, cfg = trained.path, trained.state, trained.config
     b = cfg.model.backbone
-    if b.norm == "auto":  # keep the norm layers the model was trained with ...
-        b.norm = "frozen_bn" if b.weights else "bn"
+    b.norm = resolve_norm(b, pretrained=bool(b.weights))  # keep the norm layers the model was trained with ...
     b.weights = None  # ... but don't fetch pretrained weights: the trained ones below replace them
     model = DynamicDETR(cfg.model)
     check_compatible(state, model, source=str(path))

@@ -7,6 +7,8 @@ focal) sums are divided by the number of target boxes, averaged over processes (
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -57,6 +59,7 @@ class SetCriterion(nn.Module):
             `loss_bbox`, `loss_giou` (= final stage) and `loss` (weighted sum over all stages), all float32
             scalars; `loss` carries the gradient.
         """
+        outputs = float32_outputs(outputs)  # the model's may be bf16 / fp16 under autocast
         stages = outputs.get("stages") or [outputs]
         device = stages[-1]["logits"].device
         targets = [{"boxes": t["boxes"].to(device, torch.float32), "labels": t["labels"].to(device)}
@@ -185,3 +188,16 @@ class SetCriterion(nn.Module):
             dist.all_reduce(n)
             n = n / dist.get_world_size()
         return n.clamp(min=1)
+
+
+def float32_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Model outputs in float32 for the loss (they may be bf16 under autocast); integer tensors unchanged."""
+    def cast(v):
+        if torch.is_tensor(v):
+            return v.float() if v.is_floating_point() else v
+        if isinstance(v, list):
+            return [cast(x) for x in v]
+        if isinstance(v, dict):
+            return {k: cast(x) for k, x in v.items()}
+        return v
+    return cast(outputs)

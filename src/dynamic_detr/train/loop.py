@@ -8,7 +8,7 @@ import math
 import sys
 import warnings
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -68,7 +68,7 @@ def train_one_epoch(trainer: Trainer, stop: StopFlag) -> str:
         batch = batch.to(trainer.device)
         with autocast(trainer.device, t.amp):
             outputs = trainer.ddp(batch.images, batch.masks, batch.targets)
-        losses = trainer.criterion(float32_outputs(outputs), batch.targets)
+        losses = trainer.criterion(outputs, batch.targets)
         loss = losses["loss"]
         loss_value = float(loss.detach())
         finite = not dist_utils.any_rank(not math.isfinite(loss_value), trainer.device)
@@ -162,16 +162,3 @@ def restore_buffers(snapshot: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     with torch.no_grad():
         for buffer, saved in snapshot:
             buffer.copy_(saved)
-
-
-def float32_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Model outputs in float32 for the loss (they may be bf16 under autocast); integer tensors unchanged."""
-    def cast(v):
-        if torch.is_tensor(v):
-            return v.float() if v.is_floating_point() else v
-        if isinstance(v, list):
-            return [cast(x) for x in v]
-        if isinstance(v, dict):
-            return {k: cast(x) for k, x in v.items()}
-        return v
-    return cast(outputs)
