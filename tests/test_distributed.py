@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -75,6 +76,29 @@ def test_two_process_gloo_matches_single_process(tmp_path, free_port):
     assert moved_total > 0
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ranks_with_skewed_clocks_stop_at_the_same_step(tmp_path, free_port):
+    """`--minutes` under torchrun with rank 1's clock twice as fast as rank 0's (skewed_clock_driver.py): every
+    rank must stop at the same step boundary and evaluate together. Each rank reading its own clock, rank 1 went
+    to evaluate (a collective) after step 3 while rank 0 went on stepping (another collective): a mismatch that
+    hung or failed the run. The slowest rank's time now decides: elapsed 2, 6, 10 s after steps 1-3 of rank 1's
+    clock, so a 10 s budget ends the run after step 3 on both."""
+    data = make_easy_dataset(tmp_path / "d", {"train": 16, "val": 2})
+    cfg = _config()
+    cfg.train.batch_size = 2
+    cfg.dump(tmp_path / "ddp.yaml")
+    driver = Path(__file__).parent / "train" / "skewed_clock_driver.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(free_port()), str(driver), "train", "--data", str(data), "--config", str(tmp_path / "ddp.yaml"),
+           "--out", str(tmp_path / "run"), "--epochs", "5", "--minutes", str(10 / 60), "--device", "cpu"]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = list(csv.DictReader((tmp_path / "run" / "results.csv").open()))
+    assert [(r["epoch"], r["step"]) for r in rows] == [("1", "3")], rows
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
 
 
 def _children(pid: int) -> list[int]:

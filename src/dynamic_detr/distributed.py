@@ -110,9 +110,17 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     """True if `flag` is true on any rank (so that all ranks take the same branch)."""
     if not is_dist():
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    return max_over_ranks(1.0 if flag else 0.0, device) > 0
+
+
+def max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest of `value` over the ranks (`value` itself without distributed): one figure every rank decides
+    from, such as the training time that the time budget and a time-based schedule read. A collective."""
+    if not is_dist():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return float(t.item())
 
 
 def cleanup() -> None:

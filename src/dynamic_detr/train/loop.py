@@ -95,7 +95,10 @@ def train_one_epoch(trainer: Trainer, stop: StopFlag) -> str:
             optim.optimizer.zero_grad(set_to_none=True)
             window_ok = True
         now = stopping.clock()
-        trainer.state["elapsed"] += now - last_tick
+        # every rank reads the budget and a time-based lr drop from the same training time (the slowest rank's):
+        # on its own clock one rank could stop (and evaluate) or drop the lr a step before the others
+        trainer.state["elapsed"] = dist_utils.max_over_ranks(trainer.state["elapsed"] + now - last_tick,
+                                                             trainer.device)
         last_tick = now
         trainer.state["epoch_samples"] += len(batch.targets)
         if finite:
