@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -94,8 +95,15 @@ def test_ranks_with_skewed_clocks_stop_at_the_same_step(tmp_path, free_port):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
            str(free_port()), str(driver), "train", "--data", str(data), "--config", str(tmp_path / "ddp.yaml"),
            "--out", str(tmp_path / "run"), "--epochs", "5", "--minutes", str(10 / 60), "--device", "cpu"]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:  # hung ranks: end the whole group, workers included
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail("the ranks hung (a collective mismatch): " + err[-2000:])
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
     rows = list(csv.DictReader((tmp_path / "run" / "results.csv").open()))
     assert [(r["epoch"], r["step"]) for r in rows] == [("1", "3")], rows
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
