@@ -8,7 +8,6 @@ from model_helpers import padded_batch, tiny_cfg
 
 from dynamic_detr.api import detect
 from dynamic_detr.config import get_preset
-from dynamic_detr.errors import ConfigError
 from dynamic_detr.model import DynamicDETR
 
 
@@ -174,13 +173,6 @@ def test_masks_default_to_no_padding():
     # with the mask they are padding: zeroed before the backbone, so nothing changes
     torch.testing.assert_close(padded_altered["logits"], padded["logits"])
     torch.testing.assert_close(padded_altered["boxes"], padded["boxes"])
-
-
-def test_category_ids_must_match_num_classes():
-    cfg = tiny_cfg()
-    cfg.category_ids = [1, 2]
-    with pytest.raises(ConfigError, match="category_ids"):
-        DynamicDETR(cfg)
 
 
 def test_predict_leaves_each_modules_training_mode_as_it_was():

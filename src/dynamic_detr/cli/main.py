@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "dynamic_detr.cli.predict",
     "dynamic_detr.cli.explain",
     "dynamic_detr.cli.export",
+    "dynamic_detr.cli.config",
 ]
 
 

@@ -8,7 +8,8 @@ Eval: resize the short side to `eval_short_side` (long side capped at `eval_max_
 
 The resize (`ResizeShortSide`) is `v2.Resize([s], max_size=m)`'s rule, "short side = s unless the long side would
 exceed m, then long side = m" (tests/data check it), except that no side goes below 1 px (torchvision floors
-the capped short side of a 1 x 1000 image to 0); it needs m > s, which `build_transforms` checks.
+the capped short side of a 1 x 1000 image to 0); it needs m > s, which the config's checks ensure
+(`config/validate.py`).
 All randomness comes from torch's RNG, so `data.sampler.SeededDataset` makes it reproducible.
 """
 
@@ -20,8 +21,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..config import DataConfig
-from ..errors import ConfigError
+from ..config import DataConfig, check_data
 
 
 class RandomSizeCrop(v2.Transform):
@@ -94,28 +94,10 @@ def resize_short_side(sizes: list[int], max_size: int | None) -> v2.Transform:
     return resizes[0] if len(resizes) == 1 else v2.RandomChoice(resizes)
 
 
-def _check(cfg: DataConfig) -> None:
-    for name, sides, cap in (("train_short_sides", cfg.train_short_sides, cfg.train_max_size),
-                             ("eval_short_side", [cfg.eval_short_side], cfg.eval_max_size)):
-        if not sides or min(sides) < 1:
-            raise ConfigError(f"data.{name} must be positive sizes, got {sides}")
-        if max(sides) >= cap:
-            cap_name = "train_max_size" if name.startswith("train") else "eval_max_size"
-            raise ConfigError(f"data.{cap_name} ({cap}) must exceed every data.{name} ({max(sides)})")
-    if not cfg.crop_resize_sides or min(cfg.crop_resize_sides) < 1:
-        raise ConfigError(f"data.crop_resize_sides must be positive sizes, got {cfg.crop_resize_sides}")
-    lo, hi = cfg.crop_size
-    if not 1 <= lo <= hi:
-        raise ConfigError(f"data.crop_size must be [min, max] with 1 <= min <= max, got {cfg.crop_size}")
-    for name in ("crop_prob", "hflip_prob"):
-        p = getattr(cfg, name)
-        if not 0.0 <= p <= 1.0:
-            raise ConfigError(f"data.{name} must be a probability in [0, 1], got {p}")
-
-
 def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
-    """The train or eval recipe; takes and returns `(image, target)` as served by `CocoDetection`."""
-    _check(cfg)
+    """The train or eval recipe; takes and returns `(image, target)` as served by `CocoDetection`. A data section
+    the config's checks refuse (sizes, probabilities) is a ConfigError from them (`config/validate.py`)."""
+    check_data(cfg)
     to_float = v2.ToDtype(torch.float32, scale=True)
     if not train:
         return v2.Compose([resize_short_side([cfg.eval_short_side], cfg.eval_max_size), to_float])

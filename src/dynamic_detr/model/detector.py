@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from ..config import ModelConfig
-from ..errors import ConfigError
 from . import checkpointing
 from .backbone import Backbone
 from .decoder import DynamicDecoder
@@ -58,9 +57,8 @@ class DynamicDETR(nn.Module):
 
     def __init__(self, cfg: ModelConfig, *, load_weights: bool = True) -> None:
         super().__init__()
-        if cfg.category_ids and len(cfg.category_ids) != cfg.num_classes:
-            raise ConfigError(f"model.category_ids has {len(cfg.category_ids)} ids but model.num_classes is "
-                              f"{cfg.num_classes}")
+        # one id per class: a ConfigError from the config's checks (config/validate.py) for any config loaded
+        assert not cfg.category_ids or len(cfg.category_ids) == cfg.num_classes, "model.category_ids vs num_classes"
         self.cfg = cfg
         self.backbone = Backbone(cfg.backbone, cfg.hidden_dim, load_weights=load_weights)
         self.encoder = DynamicEncoder(cfg.hidden_dim, len(self.backbone.strides), cfg.encoder)

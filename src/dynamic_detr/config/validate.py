@@ -1,0 +1,149 @@
+"""Every check of a config that needs nothing but its values, in one place.
+
+`Config.validate` (so every load, preset and override) runs them all; `check_data` serves code that is handed
+a data section built in Python (`data.transforms.build_transforms`). Checks that need the machine
+or other files stay with the code that has them: backbone weights names (torchvision's registry, the file
+system), `train.amp=fp16` (CUDA), a checkpoint's shapes, a dataset's categories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .model_schema import ModelConfig
+    from .schema import Config, DataConfig, LossConfig, TrainConfig
+
+DEPTHS = (18, 34, 50, 101)
+NORMS = ("auto", "frozen_bn", "bn", "gn")
+CLASS_LOSSES = ("focal", "softmax")
+GATES = ("block", "channel")
+BOX_POS = ("sine", "none")
+DEFORM_IMPLS = ("auto", "torchvision", "sampled", "bags")
+ROI_IMPLS = ("auto", "torchvision", "bags")
+QUERY_SELECTIONS = ("none", "boxes", "boxes+content")
+AMPS = ("none", "bf16", "fp16")
+FORMATS = ("auto", "coco", "yolo", "voc")
+
+
+def model_problems(m: ModelConfig) -> Iterator[str]:
+    """What is wrong with a model section, one message per problem, each naming its field."""
+    dec, enc = m.decoder, m.encoder
+    if m.backbone.depth not in DEPTHS:
+        yield "model.backbone.depth must be 18, 34, 50 or 101"
+    if m.backbone.norm not in NORMS:
+        yield "model.backbone.norm must be auto|frozen_bn|bn|gn"
+    if m.class_loss not in CLASS_LOSSES:
+        yield "model.class_loss must be 'focal' or 'softmax'"
+    if m.num_classes < 1:
+        yield "model.num_classes must be >= 1"
+    if m.category_ids and len(m.category_ids) != m.num_classes:
+        yield f"model.category_ids has {len(m.category_ids)} ids but model.num_classes is {m.num_classes}"
+    if dec.num_heads < 1 or m.hidden_dim % dec.num_heads:
+        yield "model.hidden_dim must be divisible by num_heads"
+    if enc.gn_groups < 1 or m.hidden_dim % enc.gn_groups:
+        yield "model.hidden_dim must be divisible by gn_groups"
+    if dec.num_stages < 1:
+        yield "model.decoder.num_stages must be >= 1"
+    if dec.num_queries < 1:
+        yield "model.decoder.num_queries must be >= 1"
+    if enc.num_blocks < 0:
+        yield "model.encoder.num_blocks must be >= 0"
+    if enc.levels < 0:
+        yield "model.encoder.levels must be >= 0 (0 = all levels)"
+    if enc.gate not in GATES:
+        yield "model.encoder.gate must be block|channel"
+    if dec.box_pos not in BOX_POS:
+        yield "model.decoder.box_pos must be 'sine' or 'none'"
+    if dec.num_reg_layers < 0 or dec.num_cls_layers < 0:
+        yield "model.decoder.num_reg_layers / num_cls_layers must be >= 0"
+    if enc.deform_impl not in DEFORM_IMPLS:
+        yield "model.encoder.deform_impl must be auto|torchvision|sampled|bags"
+    if dec.roi_impl not in ROI_IMPLS:
+        yield "model.decoder.roi_impl must be auto|torchvision|bags"
+    if dec.query_selection not in QUERY_SELECTIONS:
+        yield "model.decoder.query_selection must be none|boxes|boxes+content"
+    if dec.query_selection != "none" and not m.dense.enabled:
+        yield "model.decoder.query_selection needs model.dense.enabled=true"
+    if not 0.0 <= dec.query_nms <= 1.0:
+        yield "model.decoder.query_nms must be in [0, 1] (0 = off)"
+    if dec.query_nms != 0.0 and dec.query_selection == "none":
+        yield "model.decoder.query_nms needs model.decoder.query_selection=boxes or boxes+content"
+    if dec.num_hybrid_queries < 0 or dec.dn_queries < 0:
+        yield "model.decoder.num_hybrid_queries / dn_queries must be >= 0"
+    if m.dense.num_convs < 0:
+        yield "model.dense.num_convs must be >= 0"
+    if dec.roi_canonical_size <= 0:
+        yield "model.decoder.roi_canonical_size must be > 0"
+
+
+def loss_problems(loss: LossConfig, m: ModelConfig) -> Iterator[str]:
+    if loss.hybrid_k < 1:
+        yield "loss.hybrid_k must be >= 1"
+    if loss.iou_aware and m.class_loss != "focal":
+        yield "loss.iou_aware needs model.class_loss=focal"
+
+
+def train_problems(t: TrainConfig) -> Iterator[str]:
+    if t.amp not in AMPS:
+        yield "train.amp must be none|bf16|fp16"
+    if t.batch_size < 1:
+        yield "train.batch_size must be >= 1"
+    if t.accumulate < 1:
+        yield "train.accumulate must be >= 1"
+    if t.eval_every < 1:
+        yield "train.eval_every must be >= 1 (the last epoch is always evaluated)"
+    if t.max_nonfinite_steps < 1:
+        yield "train.max_nonfinite_steps must be >= 1"
+    if t.epochs < 1:
+        yield "train.epochs must be >= 1"
+
+
+def data_problems(d: DataConfig) -> Iterator[str]:
+    """The data section: sizes the transforms can use, probabilities, the dataset's format."""
+    if not d.train_short_sides:
+        yield "data.train_short_sides must not be empty"
+    elif min(d.train_short_sides) < 1:
+        yield f"data.train_short_sides must be positive sizes, got {d.train_short_sides}"
+    elif max(d.train_short_sides) >= d.train_max_size:
+        yield (f"data.train_max_size ({d.train_max_size}) must exceed every data.train_short_sides "
+               f"({max(d.train_short_sides)})")
+    if d.eval_short_side < 1:
+        yield f"data.eval_short_side must be a positive size, got {d.eval_short_side}"
+    elif d.eval_short_side >= d.eval_max_size:
+        yield f"data.eval_max_size ({d.eval_max_size}) must exceed data.eval_short_side ({d.eval_short_side})"
+    if not d.crop_resize_sides or min(d.crop_resize_sides) < 1:
+        yield f"data.crop_resize_sides must be positive sizes, got {d.crop_resize_sides}"
+    if len(d.crop_size) != 2 or not 1 <= d.crop_size[0] <= d.crop_size[1]:
+        yield f"data.crop_size must be [min, max] with 1 <= min <= max, got {d.crop_size}"
+    for name in ("crop_prob", "hflip_prob"):
+        p = getattr(d, name)
+        if not 0.0 <= p <= 1.0:
+            yield f"data.{name} must be a probability in [0, 1], got {p}"
+    if d.format not in FORMATS:
+        yield "data.format must be auto|coco|yolo|voc"
+    elif d.format not in ("auto", "coco") and (d.train_ann or d.train_images or d.val_ann or d.val_images):
+        yield f"data.*_ann / data.*_images name a COCO file and folder; data.format is '{d.format}'"
+
+
+def config_problems(cfg: Config) -> list[str]:
+    """Every problem of a whole config, model first."""
+    return [*model_problems(cfg.model), *loss_problems(cfg.loss, cfg.model), *train_problems(cfg.train),
+            *data_problems(cfg.data)]
+
+
+def check_config(cfg: Config, source: str = "config") -> None:
+    """Raise ConfigError (`<source>: <the first problem>`) unless the config is valid."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError(f"{source}: {problems[0]}")
+
+
+def check_data(d: DataConfig) -> None:
+    """Raise ConfigError for a data section built without `Config` (e.g. passed to `build_transforms`)."""
+    for problem in data_problems(d):
+        raise ConfigError(problem)
+
