@@ -4,6 +4,7 @@ input reported as one line while the others are read; items decoded lazily, one 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,88 @@ def test_urls_from_a_local_server(local_http, monkeypatch):
         f"{base}/missing.png: HTTP 404 Not Found",
         f"{base}/page: cannot decode image (not an image file, or an unsupported format)",
         f"{base}/big.png: {len(png_bytes((64, 64), (1, 2, 3))) + 5000} bytes, over the 4000-byte limit for a URL"]
+
+
+@pytest.fixture
+def raw_http():
+    """`raw_http(behaviours)` -> base URL of a TCP server on 127.0.0.1 that answers GET /<name> with the bytes
+    `behaviours[name]` gives: a list of (bytes, seconds to wait after them), written as they are, HTTP or not."""
+    import socket
+    import threading
+
+    servers = []
+
+    def start(behaviours: dict[str, list[tuple[bytes, float]]]) -> str:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.2)
+        stop = threading.Event()
+
+        def answer(conn: socket.socket) -> None:
+            with conn:
+                request = conn.recv(4096).decode("latin-1")
+                name = request.split(" ")[1].lstrip("/") if " " in request else ""
+                for data, wait in behaviours.get(name, []):
+                    if stop.is_set():
+                        return
+                    try:
+                        conn.sendall(data)
+                    except OSError:  # the client gave up
+                        return
+                    time.sleep(wait)
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:  # closed at the end of the test
+                    return
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+        servers.append((listener, stop))
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    yield start
+    for listener, stop in servers:
+        stop.set()
+        listener.close()
+
+
+def test_broken_servers_and_urls_are_skipped_one_line_each(raw_http, monkeypatch, tmp_path):
+    """A chunked body cut short, a server that does not speak HTTP, a slow drip past the total deadline, a redirect
+    to ftp, a URL urllib cannot parse and a 300-character last path part: each one skipped-input line (or a
+    short name), and the next input still read. Before: tracebacks (IncompleteRead, BadStatusLine, ValueError),
+    a run held as long as the drip lasted, the ftp redirect followed, and "File name too long" on saving."""
+    png = png_bytes((30, 20))
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
+    base = raw_http({
+        "cut": [(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(png) + png[:10], 0.0)],
+        "nohttp": [(b"SSH-2.0-OpenSSH_9.6\r\n", 0.0)],
+        "drip": [(head + b"Content-Length: %d\r\n\r\n" % len(png), 0.0)] + [(png[i:i + 1], 0.2) for i in range(20)],
+        "toftp": [(b"HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1/x.png\r\nContent-Length: 0\r\n\r\n", 0.0)],
+        "ok": [(head + b"Content-Length: %d\r\n\r\n" % len(png) + png, 0.0)],
+    })
+    monkeypatch.setattr(sources_mod, "URL_DEADLINE_S", 1.0)
+    long_name = "a" * 300
+    urls = [f"{base}/cut", f"{base}/nohttp", f"{base}/drip", f"{base}/toftp", "http://[oops/a.png",
+            f"{base}/{long_name}.png", f"{base}/ok"]
+    found = resolve_sources(urls)
+    assert found.missing == ["http://[oops/a.png: not a valid URL (Invalid IPv6 URL)"]
+    assert [s.name for s in found.sources] == ["cut", "nohttp", "drip", "toftp", "a" * 100, "ok"]
+    started = time.monotonic()
+    items = list(iter_items(found.sources))
+    assert time.monotonic() - started < 3.5  # the drip alone would take 4 s
+    messages = [x.message if isinstance(x, Skipped) else None for x in items]
+    assert messages[0] == f"{base}/cut: broken HTTP answer (IncompleteRead)"
+    assert messages[1] == f"{base}/nohttp: broken HTTP answer (BadStatusLine)"
+    assert messages[2] == f"{base}/drip: the download took longer than 1 s"
+    assert messages[3].startswith(f"{base}/toftp: cannot download (redirected to ftp://127.0.0.1/x.png: only")
+    assert messages[4].startswith(f"{base}/{long_name}.png: ")  # nothing at that path: skipped, not a crash
+    assert isinstance(items[5], Item) and tuple(items[5].image.shape) == (3, 20, 30)
 
 
 def test_a_url_of_a_video_is_reported():

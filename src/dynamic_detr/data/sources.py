@@ -14,8 +14,10 @@ letter case, so no two inputs write the same file on any file system."""
 from __future__ import annotations
 
 import glob
+import http.client
 import os
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,6 +35,10 @@ URL_TIMEOUT_S = 30.0
 """Seconds to wait for a URL's server (to connect, then between reads)."""
 URL_MAX_BYTES = 64 * 2**20
 """A URL's body is read into memory up to this size; a bigger one is reported and skipped."""
+URL_DEADLINE_S = 120.0
+"""Seconds a URL's whole download may take: a server that sends a byte now and then is skipped, not waited on."""
+URL_MAX_STEM = 100
+"""Characters of a URL's last path part kept for its output names (file systems refuse names over 255 bytes)."""
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -104,7 +110,12 @@ def resolve_sources(inputs: Iterable[str], out: Path | None = None) -> Sources:
     for text in inputs:
         path = Path(text)
         if text.lower().startswith(("http://", "https://")):
-            if Path(urllib.parse.urlsplit(text).path).suffix.lower() in VIDEO_SUFFIXES:
+            try:
+                url_path = urllib.parse.urlsplit(text).path
+            except ValueError as e:  # e.g. "Invalid IPv6 URL" for http://[oops/a.png
+                missing.append(f"{text}: not a valid URL ({e})")
+                continue
+            if Path(url_path).suffix.lower() in VIDEO_SUFFIXES:
                 missing.append(f"{text}: videos are read from files only: download it first")
             else:
                 add("url", text, _url_stem(text))
@@ -169,23 +180,45 @@ def _read_file(path: Path) -> torch.Tensor:
     return torch.Tensor.as_subclass(read_image(path), torch.Tensor)
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) URLs only (urllib's own handler also follows ftp)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.URLError(f"redirected to {newurl}: only http(s) redirects are followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _read_url(url: str) -> torch.Tensor:
-    """Download `url` into memory (at most `URL_MAX_BYTES`, `URL_TIMEOUT_S` per wait) and decode it."""
+    """Download `url` into memory (at most `URL_MAX_BYTES`, `URL_TIMEOUT_S` per wait, `URL_DEADLINE_S` in all)
+    and decode it. Every failure is a UserError naming the URL (the caller skips it and goes on)."""
     from .image_io import decode_image_bytes
 
     request = urllib.request.Request(url, headers={"User-Agent": "dynamic-detr"})
+    opener = urllib.request.build_opener(_HttpRedirectsOnly)
+    deadline = time.monotonic() + URL_DEADLINE_S
     try:
-        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
+        with opener.open(request, timeout=URL_TIMEOUT_S) as response:
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > URL_MAX_BYTES:
                 raise UserError(f"{url}: {int(length)} bytes, over the {URL_MAX_BYTES}-byte limit for a URL")
-            data = response.read(URL_MAX_BYTES + 1)
+            chunks, size = [], 0
+            while chunk := response.read1(2**16):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > URL_MAX_BYTES:
+                    break
+                if time.monotonic() > deadline:
+                    raise UserError(f"{url}: the download took longer than {URL_DEADLINE_S:g} s")
+            data = b"".join(chunks)
     except urllib.error.HTTPError as e:
         raise UserError(f"{url}: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         raise UserError(f"{url}: cannot download ({e.reason})") from None
     except TimeoutError:
         raise UserError(f"{url}: no answer within {URL_TIMEOUT_S:g} s") from None
+    except http.client.HTTPException as e:  # a body cut short (IncompleteRead), a server not speaking HTTP
+        raise UserError(f"{url}: broken HTTP answer ({type(e).__name__})") from None
     except (OSError, ValueError) as e:  # a connection reset, an invalid URL
         raise UserError(f"{url}: cannot download ({e})") from None
     if len(data) > URL_MAX_BYTES:
@@ -268,7 +301,7 @@ def _relative_name(path: Path, root: Path) -> str:
 def _url_stem(url: str) -> str:
     """The last part of a URL's path without its suffix, made safe as a file name; "url" when there is none."""
     last = urllib.parse.unquote(urllib.parse.urlsplit(url).path).rstrip("/").rsplit("/", 1)[-1]
-    stem = re.sub(r"[^\w.-]+", "_", Path(last).stem).strip("._")
+    stem = re.sub(r"[^\w.-]+", "_", Path(last).stem).strip("._")[:URL_MAX_STEM]
     return stem or "url"
 
 
