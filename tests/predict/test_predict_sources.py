@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +179,64 @@ def test_ctrl_c_closes_the_video_and_its_json(tmp_path):
     assert record["frames"][0]["detections"][0]["category"] == "disc" and record["fps"] == 15.0
     with av.open(str(tmp_path / "webcam0.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 4
+
+
+def test_sigterm_closes_the_video_and_its_json_and_names_appear_only_when_complete(tmp_path):
+    """SIGTERM (a supervisor stopping the run) ends it as Ctrl-C does: the video and its JSON are closed where it
+    stopped. While they grow they carry hidden `.partial` names, so `webcam0.mp4` / `.json` under their own names
+    are always complete files. Before: only Ctrl-C was handled, SIGTERM left an invalid JSON and an unplayable
+    video under their final names."""
+    import signal
+
+    from dynamic_detr.data.sources import Item, VideoStream
+    from dynamic_detr.predict.writer import write_predictions
+
+    av = pytest.importorskip("av")
+    stream = VideoStream(fps=15.0)
+    seen_while_writing = []
+
+    def frames():
+        for i in range(6):
+            if i == 5:
+                signal.raise_signal(signal.SIGTERM)
+            yield Item("webcam0", "0", torch.full((3, 40, 60), 90, dtype=torch.uint8), stream, i, i / 15)
+
+    def detect(images):
+        seen_while_writing.append(sorted(p.name for p in tmp_path.iterdir()))
+        return [{"boxes": torch.tensor([[5.0, 5.0, 30.0, 20.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([7])} for _ in images]
+
+    summary = write_predictions(detect, {7: "disc"}, frames(), tmp_path, 0.5, batch_size=2)
+    assert summary.interrupted and (summary.videos, summary.frames) == (1, 4)
+    assert ".webcam0.partial.json" in seen_while_writing[1]  # the video's file appears with its first packet
+    assert not {"webcam0.json", "webcam0.mp4"} & {name for names in seen_while_writing for name in names}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["webcam0.json", "webcam0.mp4"]
+    record = json.loads((tmp_path / "webcam0.json").read_text())
+    assert [f["frame"] for f in record["frames"]] == [0, 1, 2, 3]
+    with av.open(str(tmp_path / "webcam0.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+def test_an_image_output_is_never_half_written(tmp_path, monkeypatch):
+    """A drawing or record that fails half-way (disk full, a kill) leaves nothing under its name: both are
+    written to a temp file and renamed."""
+    from PIL import Image
+
+    from dynamic_detr.data.sources import Item
+    from dynamic_detr.predict.writer import write_predictions
+
+    def detect(images):
+        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+                for _ in images]
+
+    def half_then_fail(self, fp, format=None, **kw):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        write_predictions(detect, {}, [Item("a", "in.png", torch.zeros((3, 8, 8), dtype=torch.uint8))], tmp_path,
+                          0.5)
+    assert list(tmp_path.iterdir()) == []
+

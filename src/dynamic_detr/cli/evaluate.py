@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.inference import evaluate_model
     from ..evaluate.metrics import format_table, metrics_json
     from ..export.onnx_runner import is_onnx, load_onnx
-    from ..fileio import atomic_write_json
+    from ..fileio import atomic_write_json, atomic_write_text
     from ..model.loading import load_model
 
     model, cfg = (load_onnx(args.checkpoint) if is_onnx(args.checkpoint)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"metrics written to {args.out}")
     if args.save_detections:
         args.save_detections.parent.mkdir(parents=True, exist_ok=True)
-        args.save_detections.write_text(json.dumps(dets))
+        atomic_write_text(args.save_detections, json.dumps(dets))
         print(f"{len(dets)} detections written to {args.save_detections}")
     if args.plots:
         from ..evaluate.analysis import write_analysis

@@ -6,13 +6,17 @@
 The model is any callable with `Predictor.__call__`'s contract (uint8 [3, H, W] images -> per image `boxes`,
 `scores`, `labels`), so another runtime can use the same outputs. Only `batch_size` decoded images are held at a
 time, and a video's JSON is written frame by frame: memory does not grow with the number of inputs or frames.
-Every path written is checked to lie inside OUT (a name that would leave it is a UserError, nothing written)."""
+Every path written is checked to lie inside OUT (a name that would leave it is a UserError, nothing written). An
+image's files are written atomically; a video and its JSON grow under hidden `.partial` names and take their own
+names when closed, at the end or on Ctrl-C / SIGTERM, so a file under its final name is always complete."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable
+import signal
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +25,7 @@ import torch
 
 from ..data.sources import Item, Skipped, VideoStream
 from ..errors import UserError
+from ..fileio import atomic_write, atomic_write_text
 from ..visualize import draw_detections
 
 Detect = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
@@ -36,8 +41,8 @@ class PredictSummary:
     detections: int = 0
     failed: list[str] = field(default_factory=list)
     interrupted: bool = False
-    """Ctrl-C stopped the run: an open video and its JSON were closed where it stopped (both stay readable); the
-    images of the unfinished batch were dropped."""
+    """Ctrl-C or SIGTERM stopped the run: an open video and its JSON were closed where it stopped (both stay
+    readable); the images of the unfinished batch were dropped."""
 
 
 def write_predictions(detect: Detect, names: dict[int, str], items: Iterable[Item | Skipped], out: Path,
@@ -70,16 +75,17 @@ def write_predictions(detect: Detect, names: dict[int, str], items: Iterable[Ite
         chunk.clear()
 
     try:
-        for item in items:
-            if isinstance(item, Skipped):
-                summary.failed.append(item.message)
-                continue
-            chunk.append(item)
-            if len(chunk) == batch_size:
+        with _sigterm_as_interrupt():
+            for item in items:
+                if isinstance(item, Skipped):
+                    summary.failed.append(item.message)
+                    continue
+                chunk.append(item)
+                if len(chunk) == batch_size:
+                    flush()
+            if chunk:
                 flush()
-        if chunk:
-            flush()
-    except KeyboardInterrupt:  # the way to end a webcam: close what is open, report what was done
+    except KeyboardInterrupt:  # the way to end a webcam (or a run told to stop): close what is open, report
         summary.interrupted = True
     finally:
         if video is not None:
@@ -87,15 +93,33 @@ def write_predictions(detect: Detect, names: dict[int, str], items: Iterable[Ite
     return summary
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a supervisor, `kill`, a container stopping) ends the run as Ctrl-C does: open outputs are closed,
+    not left half-written. Only in the main thread (signal handlers cannot be set elsewhere)."""
+    def handler(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _write_image(out: Path, item: Item, drawn: torch.Tensor, dets: list[dict], threshold: float) -> None:
     from PIL import Image
 
     png, record_path = _output_path(out, item, ".png"), _output_path(out, item, ".json")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy()).save(png)
+    picture = Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy())
+    atomic_write(png, lambda tmp: picture.save(tmp, format="PNG"))
     record: dict[str, Any] = {"file": item.origin, "height": int(item.image.shape[-2]),
                               "width": int(item.image.shape[-1]), "threshold": threshold, "detections": dets}
-    record_path.write_text(json.dumps(record, indent=1))
+    atomic_write_text(record_path, json.dumps(record, indent=1))
 
 
 def _output_path(out: Path, item: Item, suffix: str) -> Path:
@@ -116,12 +140,12 @@ class _VideoOutput:
 
         assert first.video is not None
         self.stream: VideoStream = first.video
-        video, record_path = _output_path(out, first, ".mp4"), _output_path(out, first, ".json")
-        video.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = VideoWriter(video, self.stream.fps)
+        self.video, self.record = _output_path(out, first, ".mp4"), _output_path(out, first, ".json")
+        self.video.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = VideoWriter(_partial(self.video), self.stream.fps)
         head = {"file": first.origin, "height": int(first.image.shape[-2]), "width": int(first.image.shape[-1]),
                 "fps": round(self.stream.fps, 3), "threshold": threshold}
-        self.json: IO[str] = record_path.open("w")
+        self.json: IO[str] = _partial(self.record).open("w")
         self.json.write(json.dumps(head)[:-1] + ', "frames": [')
         self.count = 0
 
@@ -133,9 +157,18 @@ class _VideoOutput:
         self.count += 1
 
     def close(self) -> None:
+        """Finish both files and give them their names (the video is playable and the JSON valid only now)."""
         self.writer.close()
         self.json.write("\n]}\n")
         self.json.close()
+        if self.count:  # no frame: no video file was started
+            os.replace(_partial(self.video), self.video)
+        os.replace(_partial(self.record), self.record)
+
+
+def _partial(path: Path) -> Path:
+    """The hidden name a streamed output grows under (same suffix: the video container is chosen by it)."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
 def _detection(box: torch.Tensor, score: torch.Tensor, label: torch.Tensor, names: dict[int, str]) -> dict:
