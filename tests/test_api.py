@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from export_helpers import CLASS_NAMES, live_model
 from PIL import Image
 
 from dynamic_detr.api import detect, from_pretrained, save_pretrained
 from dynamic_detr.errors import CheckpointError, UserError
+from export_helpers import CLASS_NAMES, live_model
 
 
 @pytest.fixture(scope="module")

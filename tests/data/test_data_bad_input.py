@@ -9,9 +9,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from data_helpers import ann, image
 from PIL import Image
 
+from data_helpers import ann, image
 from dynamic_detr.data import CocoDetection, DatasetWarning, check_dataset
 from dynamic_detr.errors import DatasetError
 

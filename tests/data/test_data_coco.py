@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import ann, image, write_coco
 from PIL import Image
 from torchvision import tv_tensors
 
+from data_helpers import ann, image, write_coco
 from dynamic_detr.data import CocoDetection
 from dynamic_detr.data.synthetic import CLASSES
 

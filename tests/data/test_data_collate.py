@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import ann, image
 from torchvision import tv_tensors
 
+from data_helpers import ann, image
 from dynamic_detr.config import get_preset
 from dynamic_detr.data import Batch, CocoDetection, DatasetWarning, build_loader, build_transforms, collate
 

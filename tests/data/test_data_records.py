@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import ann, image
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from data_helpers import ann, image
 from dynamic_detr.data import CocoDetection
 from dynamic_detr.data.collate import build_loader
 from dynamic_detr.data.records import _ARRAYS

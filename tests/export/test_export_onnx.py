@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_helpers import CATEGORY_IDS, ContinuousParts, live_model, tiny_config, well_conditioned
 from PIL import Image
 
 from dynamic_detr.api import save_pretrained
 from dynamic_detr.checkpoint import save_checkpoint
 from dynamic_detr.cli.main import main
 from dynamic_detr.export.onnx_export import Parity, compare, export_onnx
+from export_helpers import CATEGORY_IDS, ContinuousParts, live_model, tiny_config, well_conditioned
 
 # the export extra (also in dev): without it this module is skipped
 onnx = pytest.importorskip("onnx")

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_helpers import CATEGORY_IDS, CLASS_NAMES, live_model
 from PIL import Image, ImageDraw
 
 from dynamic_detr.api import save_pretrained
 from dynamic_detr.cli.main import main
 from dynamic_detr.export.onnx_runner import load_onnx
 from dynamic_detr.predict.predictor import Predictor
+from export_helpers import CATEGORY_IDS, CLASS_NAMES, live_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
