@@ -17,7 +17,7 @@ DEMO_IMAGE_SIZE = 256
 COCO-small (area < 32^2) at this size."""
 DEMO_PRESET = "cpu_demo"
 """The demo trains `cpu_demo`: cpu_small without the dynamic encoder and with a lighter dense head and decoder,
-the cuts that pay in a budget of minutes (config.py says what each measured). `dynamic-detr demo --preset
+the cuts that pay in a budget of minutes (docs/recipe.md says what each measured). `dynamic-detr demo --preset
 cpu_small` trains the whole model, encoder included."""
 DEMO_OVERRIDES = ["train.eval_every=1000"]
 """Evaluate once, at the end of the budget: every evaluation of the 200 val images during the run would be

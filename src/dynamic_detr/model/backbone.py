@@ -152,7 +152,7 @@ class Backbone(BackboneWithFPN):
         resnet = torchvision.models.get_model(f"resnet{cfg.depth}", weights=None, norm_layer=norm_layer)
         if pretrained and load_weights:
             load_pretrained(resnet, str(cfg.weights), cfg.depth)
-        if pretrained:  # freezing random weights would freeze noise (config.py)
+        if pretrained:  # freezing random weights would freeze noise (`BackboneConfig.frozen_stages`)
             freeze_stages(resnet, cfg.frozen_stages)
         c5 = resnet.fc.in_features  # 512 (R18/34) or 2048 (R50/101)
         in_channels = [c5 // 4, c5 // 2, c5]
