@@ -144,6 +144,22 @@ def test_voc_without_size_or_image(tmp_path: Path) -> None:
                                                                    "<size> and the image cannot be read")
 
 
+def test_voc_filename_outside_the_folder_is_refused_before_it_is_opened(tmp_path: Path, monkeypatch) -> None:
+    """`<filename>/etc/hostname</filename>` without `<size>`: refused by the path rule; the file is never opened
+    (before: read for its size first, then refused)."""
+    from dynamic_detr.data import voc
+
+    root = _voc_one(tmp_path, "", size="", image=None)
+    xml = root / "Annotations/a.xml"
+    xml.write_text(xml.read_text().replace("<filename>a.jpg</filename>", "<filename>/etc/hostname</filename>"))
+    opened = []
+    monkeypatch.setattr(voc, "probe_image", lambda path, **kw: opened.append(path))
+    r = load_records(root, "train", strict=False)
+    assert opened == [] and len(r) == 0
+    assert [i.message for i in r.issues if i.kind == "unsafe_path"] == [
+        f"{xml}: <filename> '/etc/hostname' is an absolute path; image refused"]
+
+
 @pytest.mark.parametrize("objects,message", [
     ("<object><name>cat</name></object>", "a.xml: object 1 ('cat'): no <bndbox>"),
     ("<object><name>cat</name><bndbox><xmin>x</xmin></bndbox></object>", "<bndbox> needs numeric xmin"),
@@ -354,6 +370,27 @@ def test_convert_cli_writes_the_coco_layout(tmp_path: Path, formats, fmt: str, c
     assert main(["data", "convert", "--data", str(formats[fmt]), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["data", "convert", "--data", str(formats[fmt]), "--out", str(formats[fmt])]) == 2
+
+
+def test_convert_refuses_images_that_link_out_of_the_dataset(tmp_path: Path, formats, capsys) -> None:
+    """An image that is a symlink to a file outside the image folder would have its target (any file on the
+    machine) copied into the new dataset: refused, nothing written. A linked image folder is fine."""
+    src = tmp_path / "yolo"
+    shutil.copytree(formats["yolo"], src)
+    image = sorted(p for p in (src / "images" / "train").iterdir() if p.is_file())[0]
+    secret = tmp_path / f"secret{image.suffix}"
+    shutil.copy(image, secret)
+    image.unlink()
+    image.symlink_to(secret)
+    out = tmp_path / "out"
+    assert main(["data", "convert", "--data", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"1 image(s) are links leading out of the image folder (e.g. {image.name} -> {secret})" in err
+    assert not (out / "train" / image.name).exists()
+    linked = tmp_path / "linked"  # the folder itself a link (another disk): converted as usual
+    shutil.copytree(formats["yolo"], tmp_path / "real")
+    linked.symlink_to(tmp_path / "real", target_is_directory=True)
+    assert main(["data", "convert", "--data", str(linked), "--out", str(tmp_path / "out2")]) == 0
 
 
 def test_convert_lists_dropped_records_and_exits_1(tmp_path: Path, capsys) -> None:

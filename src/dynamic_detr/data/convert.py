@@ -49,6 +49,7 @@ def convert_split(source: SplitSource, out: Path, images: str = "copy") -> Conve
         raise UserError(f"{ann_file}: already exists; choose another --out or remove it")
     if img_out.resolve() == records.image_dir.resolve():
         raise UserError(f"{img_out}: is the source's image folder; choose another --out")
+    _refuse_links_out(records.image_dir, [records.file_name(i) for i in range(len(records))])
     try:
         for i in range(len(records)):
             name = records.file_name(i)
@@ -68,3 +69,17 @@ def convert_split(source: SplitSource, out: Path, images: str = "copy") -> Conve
         raise UserError(f"{e.filename or out}: cannot write ({e.strerror or e})") from None
     return ConvertResult(ann_file=ann_file, images=len(records), annotations=records.num_annotations,
                          classes=len(records.categories), issues=records.issues)
+
+
+def _refuse_links_out(image_dir: Path, names: list[str]) -> None:
+    """A UserError when an image of the split is a symlink leading out of its image folder (the folder itself may
+    be a link, e.g. onto another disk): its target, any file on the machine, would be copied into the new
+    dataset."""
+    folder = os.path.realpath(image_dir)
+    out = [(n, os.path.realpath(image_dir / n)) for n in names
+           if not Path(os.path.realpath(image_dir / n)).is_relative_to(folder)]
+    if out:
+        name, target = out[0]
+        raise UserError(f"{image_dir}: {len(out)} image(s) are links leading out of the image folder (e.g. {name} "
+                        f"-> {target}); refused: copy those files into the dataset first")
+

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import DatasetError
 from .image_io import ImageReadError, probe_image
+from .validate import unsafe_path_reason
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -139,6 +140,10 @@ def voc_to_coco(root: Path, split: str, v: Any, check_files: bool = True) -> tup
         file_name = _file_name(tree, stem, listing)
         iid = len(images) + 1
         size = _size(tree)
+        unsafe = unsafe_path_reason(file_name)
+        if unsafe:  # refused before anything is opened (reading it for its size would open /etc/...)
+            v.skip("unsafe_path", f"{xml}: <filename> '{file_name}' {unsafe}; image refused")
+            continue
         if size is None:
             try:
                 probe = probe_image(img_dir / file_name, decode=False)
