@@ -3,6 +3,8 @@
     FAULT=criterion:N   SIGKILL inside the N-th loss computation of this process (mid-step)
     FAULT=save:N        SIGKILL halfway through writing the N-th training checkpoint of this process: half the
                         bytes are in the temp file, the rename has not happened
+    FAULT=saved:N       SIGKILL right after the N-th checkpoint file (last.pt or best.pt) of this process is
+                        written whole (renamed into place)
     FAULT=eval:N        SIGKILL inside the N-th evaluation of this process
     (unset)             no fault
 
@@ -67,6 +69,17 @@ def _plant(kind: str, n: int) -> None:
                 _die()
 
         checkpoint.torch = _Torch()
+    elif kind == "saved":
+        from dynamic_detr.train import state
+
+        real_save_checkpoint = state.save_checkpoint
+
+        def save_checkpoint(path, obj):
+            real_save_checkpoint(path, obj)
+            if due():
+                _die()
+
+        state.save_checkpoint = save_checkpoint
     elif kind == "eval":
         from dynamic_detr.train import validation
 

@@ -93,6 +93,23 @@ def test_sigkill_mid_step_mid_save_mid_eval_then_resume_equals_uninterrupted(set
 
 @pytest.mark.slow
 @pytest.mark.timeout(TEST_TIMEOUT)
+@pytest.mark.parametrize("written", [5, 6])
+def test_sigkill_between_the_files_of_an_epoch_end_keeps_the_records(setup, tmp_path, written):
+    """Killed right after the 5th / 6th checkpoint file (steps 1-4 write last.pt, then epoch 1's end writes
+    best.pt, then last.pt): the resumed run ends with every epoch's row in results.csv and a best.pt. Before, the
+    epoch's last.pt came first and its results.csv row after it, so a kill in between lost epoch 1's row for good
+    (the resume started at epoch 2); best.pt came after last.pt, so the same kill lost best.pt."""
+    data, cfg = setup
+    run = tmp_path / "run"
+    p = _train(data, cfg, run, fault=f"saved:{written}")
+    assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
+    p = _train(data, cfg, run, resume=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    _check_finished(run)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(TEST_TIMEOUT)
 def test_sigkill_while_checkpoint_temp_file_exists_then_resume(setup, tmp_path):
     """A real race: poll for the checkpoint temp file and SIGKILL as soon as it is seen (a few times)."""
     data, cfg = setup

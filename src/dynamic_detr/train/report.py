@@ -39,6 +39,14 @@ class RunReport:
         with self.csv_path.open(newline="") as f:
             return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
+    def drop_after(self, epoch: int) -> None:
+        """Forget the rows of epochs after `epoch` (a resumed run's checkpoint): written just before a kill that
+        came before their checkpoint, the resumed run writes them again."""
+        kept = [r for r in self.rows if not (isinstance(r.get("epoch"), int) and r["epoch"] > epoch)]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self._write_csv()
+
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self._tb is not None:
             self._tb.add_scalar(tag, value, step)
@@ -47,6 +55,16 @@ class RunReport:
         """Replace any earlier row of the same epoch (a resumed run re-doing it), rewrite the CSV, and redraw
         the curves when `plot` (the trainer does at evaluated epochs)."""
         self.rows = [r for r in self.rows if r.get("epoch") != row["epoch"]] + [row]
+        self._write_csv()
+        for k, v in row.items():
+            if isinstance(v, int | float) and k not in ("epoch", "step"):
+                self.scalar(f"epoch/{k}", float(v), int(row["epoch"]))
+        if self._tb is not None:
+            self._tb.flush()
+        if plot:
+            self.plot_curves()
+
+    def _write_csv(self) -> None:
         columns: list[str] = []
         for r in self.rows:
             columns += [k for k in r if k not in columns]
@@ -56,13 +74,6 @@ class RunReport:
         for r in self.rows:
             writer.writerow({k: _fmt(v) for k, v in r.items()})
         atomic_write_text(self.csv_path, buf.getvalue())
-        for k, v in row.items():
-            if isinstance(v, int | float) and k not in ("epoch", "step"):
-                self.scalar(f"epoch/{k}", float(v), int(row["epoch"]))
-        if self._tb is not None:
-            self._tb.flush()
-        if plot:
-            self.plot_curves()
 
     def plot_curves(self) -> None:
         """plots/loss.png (every total and final-stage loss term) and plots/ap.png (AP metrics per epoch)."""

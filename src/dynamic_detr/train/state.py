@@ -83,14 +83,14 @@ def save(trainer: Trainer, best: bool = False) -> None:
     if not trainer.dist.is_main:
         return
     state = {**state_dict(trainer), "rng": rng}
-    save_checkpoint(trainer.out / "last.pt", state)
     meta = {"config": json.dumps(trainer.cfg.to_dict())}
     weights = trainer.optim.ema.module.state_dict() if trainer.optim.ema is not None else trainer.model.state_dict()
     (trainer.out / "weights").mkdir(exist_ok=True)
-    save_weights(trainer.out / "weights" / "last.safetensors", weights, meta)
-    if best:
+    if best:  # before last.pt: a kill in between leaves last.pt one epoch back, whose end the resume re-does
         save_checkpoint(trainer.out / "best.pt", state)
         save_weights(trainer.out / "weights" / "best.safetensors", weights, meta)
+    save_checkpoint(trainer.out / "last.pt", state)
+    save_weights(trainer.out / "weights" / "last.safetensors", weights, meta)
 
 
 RESUME_OVERRIDABLE = ("train.epochs", "train.eval_every", "train.checkpoint_every", "train.max_nonfinite_steps",

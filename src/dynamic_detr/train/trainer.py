@@ -117,6 +117,8 @@ class Trainer:
             if removed:
                 print(f"{self.out}: removed the earlier run's {', '.join(removed)} (overwritten)", flush=True)
         self.report = RunReport(self.out) if self.dist.is_main else None
+        if self.report is not None and self.resumed:
+            self.report.drop_after(self.state["epoch"])
         self.last_metrics: dict[str, Any] | None = None
         self.last_dets: list[dict[str, Any]] = []
         self.last_evaluator: Any = None  # the last evaluation's CocoEvaluator (rank 0), for the error analysis

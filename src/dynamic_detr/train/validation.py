@@ -55,7 +55,9 @@ def evaluate(trainer: Trainer, stop: StopFlag | None = None) -> dict[str, Any] |
 
 
 def end_epoch(trainer: Trainer, metrics: dict[str, Any] | None) -> None:
-    """Close the epoch: mean losses over ranks, best AP, the checkpoint, its results.csv row and printed line."""
+    """Close the epoch: mean losses over ranks, best AP, its results.csv row and printed line, then the checkpoint.
+    The row comes first, so that whatever a checkpoint says is done is in the run's records: a kill between the
+    two leaves a row that the resumed run, re-doing the epoch's end, replaces."""
     sums, count, skipped, seconds, lr = trainer.epoch_sums
     trainer.state["epoch_stats"] = new_epoch_stats()
     mean = {k: v / max(count, 1) for k, v in sums.items()}
@@ -65,9 +67,14 @@ def end_epoch(trainer: Trainer, metrics: dict[str, Any] | None) -> None:
         trainer.state["best_ap"] = metrics["AP"]
         best = True
     trainer.state["best_ap"] = dist_utils.broadcast_object(trainer.state["best_ap"])
-    save(trainer, best=dist_utils.broadcast_object(best))
-    if not trainer.dist.is_main:
-        return
+    best = dist_utils.broadcast_object(best)
+    if trainer.dist.is_main:
+        _write_row(trainer, metrics, mean, skipped, seconds, lr)
+    save(trainer, best=best)
+
+
+def _write_row(trainer: Trainer, metrics: dict[str, Any] | None, mean: dict[str, float], skipped: int,
+               seconds: float, lr: float) -> None:
     row: dict[str, Any] = {"epoch": trainer.state["epoch"], "step": trainer.state["step"], "lr": lr,
                            "epoch_time_s": round(seconds, 1), "elapsed_min": round(trainer.state["elapsed"] / 60, 2),
                            "skipped_steps": skipped}
