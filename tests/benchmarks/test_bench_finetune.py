@@ -1,13 +1,14 @@
 """The fine-tuning benchmark runs (--quick) through the trainer: the fine-tuned run loads every tensor but the
 class heads of the 6-class source model, both target runs are evaluated every epoch, and the results, table
-and plot are written. The committed full run shows fine-tuning ahead of random weights."""
+and plot are written. (What the full run measured is in docs/benchmarks.md: an AP figure is a benchmark's result,
+not something a unit test can check.)"""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from bench_helpers import BENCH, run_bench
+from bench_helpers import run_bench
 
 
 @pytest.mark.slow
@@ -26,17 +27,3 @@ def test_finetune_quick(tmp_path):
     md = (out / "finetune.md").read_text()
     assert f"| 2 | {ft['history'][1]['AP']:.1f} | {scratch['history'][1]['AP']:.1f} |" in md
     assert (out / "finetune_ap.png").stat().st_size > 1000
-
-
-def test_committed_run_fine_tunes_ahead_of_scratch():
-    """The full run in benchmarks/results (docs/benchmarks.md): the fine-tuned model is ahead at the last epoch
-    and, loosely, by more than 1 AP on the mean over the epochs."""
-    path = BENCH / "results" / "finetune" / "finetune.json"
-    if not path.exists():
-        pytest.skip("no committed fine-tuning run")
-    r = json.loads(path.read_text())["results"]
-    ft = [h["AP"] for h in r["finetuned"]["history"]]
-    scratch = [h["AP"] for h in r["scratch"]["history"]]
-    assert len(ft) == len(scratch) >= 4
-    assert ft[-1] > scratch[-1], (ft, scratch)
-    assert sum(ft) / len(ft) > sum(scratch) / len(scratch) + 1.0, (ft, scratch)
