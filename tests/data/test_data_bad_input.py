@@ -101,7 +101,9 @@ def test_unknown_category_stops(coco_writer) -> None:
     ({"file_name": "a.png", "width": 4, "height": 4}, r"images\[0\]: missing or non-integer 'id'"),
     ({"id": 3, "width": 4, "height": 4}, "image 3: missing or non-string 'file_name'"),
     ({"id": 3, "file_name": "a.png", "width": 0, "height": 4},
-     "image 3: 'width' and 'height' must be positive"),
+     r"image 3: 'width' and 'height' must be integers from 1 to 1048576, got 0 x 4"),
+    ({"id": 3, "file_name": "a.png", "width": 10**400, "height": 4},  # no float holds it: was an OverflowError
+     r"image 3: 'width' and 'height' must be integers from 1 to 1048576, got 10{36}\.\.\. x 4"),
 ])
 def test_malformed_image_record_stops(coco_writer, record, match: str) -> None:
     root = coco_writer(images=[record], annotations=[], write_images=False)

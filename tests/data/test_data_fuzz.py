@@ -17,7 +17,8 @@ from dynamic_detr.errors import UserError
 
 hypothesis = pytest.importorskip("hypothesis")  # the dev extra: without it this module is skipped
 st = pytest.importorskip("hypothesis.strategies")
-HealthCheck, given, settings = hypothesis.HealthCheck, hypothesis.given, hypothesis.settings
+HealthCheck, example, given, settings = (hypothesis.HealthCheck, hypothesis.example, hypothesis.given,
+                                        hypothesis.settings)
 
 EXAMPLES = 120  # bounded: each example loads a 2-image dataset twice
 
@@ -36,10 +37,12 @@ FIELDS = {"images": ["id", "file_name", "width", "height"],
 _scalars = st.one_of(
     st.none(), st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from([0, -1, 10**30, 2**63, -(2**63) - 1]),
+    st.sampled_from([0, -1, 10**30, 2**63, -(2**63) - 1, 10**400, -(10**400)]),  # 10**400: no float holds it
+    st.lists(st.sampled_from([0, 3, 2**63, 10**400, -(10**400)]), min_size=4, max_size=4),  # box-shaped
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),  # any unicode, NUL and surrogates excluded by JSON encoding rules below
-    st.sampled_from(["", "../x.png", "/etc/passwd", "a.png\x00b", "ünï/cødé.png", "a.png/", ".", "b.png"]),
+    st.sampled_from(["", "../x.png", "/etc/passwd", "a.png\x00b", "ünï/cødé.png", "a.png/", ".", "b.png",
+                     "\ud800.png", "a\udfffb.png"]),  # lone surrogates: valid JSON escapes, not encodable text
 )
 _values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=5),
                                                           st.dictionaries(st.text(max_size=5), inner, max_size=3)),
@@ -84,11 +87,25 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _with(section: str, field: str, value: object) -> dict:
+    """BASE with one field of the first record of `section` replaced (the explicit examples below)."""
+    data = json.loads(json.dumps(BASE))
+    data[section][0][field] = value
+    return data
+
+
+# always run, whatever the search draws: each once broke the loader with a traceback
+@example(data=_with("annotations", "bbox", [0, 0, 10**400, 5]), escaped=True)
+@example(data=_with("images", "width", 10**400), escaped=True)
+@example(data=_with("images", "file_name", "\ud800.png"), escaped=True)
+@example(data=_with("categories", "name", "a\udfffb"), escaped=True)
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=_mutated())
-def test_malformed_coco_json_gives_user_errors_or_skips(root: Path, data: dict) -> None:
-    text = json.dumps(data, ensure_ascii=False)  # NaN / Infinity tokens too: Python's json writes them
+@given(data=_mutated(), escaped=st.booleans())
+def test_malformed_coco_json_gives_user_errors_or_skips(root: Path, data: dict, escaped: bool) -> None:
+    # NaN / Infinity tokens too: Python's json writes them; escaped: lone surrogates as \udXXX escapes (valid
+    # JSON that decodes to str no codec can encode), else as raw bytes (not UTF-8)
+    text = json.dumps(data, ensure_ascii=escaped)
     (root / "annotations" / "instances_train.json").write_text(text, encoding="utf-8", errors="surrogatepass")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

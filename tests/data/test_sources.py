@@ -165,7 +165,8 @@ def raw_http():
 def test_broken_servers_and_urls_are_skipped_one_line_each(raw_http, monkeypatch, tmp_path):
     """A chunked body cut short, a server that does not speak HTTP, a slow drip past the total deadline, a redirect
     to ftp, a URL urllib cannot parse and a 300-character last path part: each one skipped-input line (or a
-    short name), and the next input still read. Before: tracebacks (IncompleteRead, BadStatusLine, ValueError),
+    short name), and the next input still read; a chunked body (no Content-Length) over the size cap is cut at
+    it. Before: tracebacks (IncompleteRead, BadStatusLine, ValueError),
     a run held as long as the drip lasted, the ftp redirect followed, and "File name too long" on saving."""
     png = png_bytes((30, 20))
     head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n"
@@ -175,14 +176,17 @@ def test_broken_servers_and_urls_are_skipped_one_line_each(raw_http, monkeypatch
         "drip": [(head + b"Content-Length: %d\r\n\r\n" % len(png), 0.0)] + [(png[i:i + 1], 0.2) for i in range(20)],
         "toftp": [(b"HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1/x.png\r\nContent-Length: 0\r\n\r\n", 0.0)],
         "ok": [(head + b"Content-Length: %d\r\n\r\n" % len(png) + png, 0.0)],
+        "big": [(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % 4000 + b"\0" * 4000 + b"\r\n0\r\n\r\n",
+                 0.0)],
     })
     monkeypatch.setattr(sources_mod, "URL_DEADLINE_S", 1.0)
+    monkeypatch.setattr(sources_mod, "URL_MAX_BYTES", 3000)  # the png is 100-odd bytes
     long_name = "a" * 300
     urls = [f"{base}/cut", f"{base}/nohttp", f"{base}/drip", f"{base}/toftp", "http://[oops/a.png",
-            f"{base}/{long_name}.png", f"{base}/ok"]
+            f"{base}/{long_name}.png", f"{base}/ok", f"{base}/big"]
     found = resolve_sources(urls)
     assert found.missing == ["http://[oops/a.png: not a valid URL (Invalid IPv6 URL)"]
-    assert [s.name for s in found.sources] == ["cut", "nohttp", "drip", "toftp", "a" * 100, "ok"]
+    assert [s.name for s in found.sources] == ["cut", "nohttp", "drip", "toftp", "a" * 100, "ok", "big"]
     started = time.monotonic()
     items = list(iter_items(found.sources))
     assert time.monotonic() - started < 3.5  # the drip alone would take 4 s
@@ -193,6 +197,7 @@ def test_broken_servers_and_urls_are_skipped_one_line_each(raw_http, monkeypatch
     assert messages[3].startswith(f"{base}/toftp: cannot download (redirected to ftp://127.0.0.1/x.png: only")
     assert messages[4].startswith(f"{base}/{long_name}.png: ")  # nothing at that path: skipped, not a crash
     assert isinstance(items[5], Item) and tuple(items[5].image.shape) == (3, 20, 30)
+    assert messages[6] == f"{base}/big: more than the 3000-byte limit for a URL"  # no Content-Length to check first
 
 
 def test_a_url_of_a_video_is_reported():

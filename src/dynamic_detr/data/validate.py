@@ -22,6 +22,9 @@ MAX_ASPECT_RATIO = 100
 skipped by `predict`): resized to the model's input size (long side capped) their short side is a few pixels at
 most; a 1 x 1000 strip at `cpu_small`'s 288 px cap would get 0.29 px (floored to 0 and crashed before the
 resize was clamped to >= 1 px). 100:1 still admits panoramas and long thin scans."""
+MAX_IMAGE_SIDE = 2**20
+"""Largest width or height a record may give (1,048,576 px; Pillow refuses far fewer pixels by default): a bigger
+one, up to integers no float holds (10**400), is a broken record, refused before any arithmetic on it."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,12 @@ def box_problem(bbox: Any) -> str | None:
     if bbox[3] <= 0:
         return "box has non-positive height"
     return None
+
+
+def _short(v: Any) -> str:
+    """repr(v), cut to 40 characters (a 400-digit number in a message helps nobody)."""
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def aspect_problem(width: int, height: int) -> str | None:
@@ -170,9 +179,9 @@ def validate_images(raw: list[Any], v: Validator, img_dir: Path,
             refused.add(iid)
             continue
         w, h = img.get("width"), img.get("height")
-        if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
-            v.fatal("bad_image", f"{where}: image {iid}: 'width' and 'height' must be positive integers, "
-                                 f"got {w!r} x {h!r}")
+        if not (_is_int(w) and _is_int(h) and 0 < w <= MAX_IMAGE_SIDE and 0 < h <= MAX_IMAGE_SIDE):
+            v.fatal("bad_image", f"{where}: image {iid}: 'width' and 'height' must be integers from 1 to "
+                                 f"{MAX_IMAGE_SIDE}, got {_short(w)} x {_short(h)}")
             refused.add(iid)
             continue
         reason = unsafe_path_reason(name)
