@@ -144,6 +144,32 @@ def test_voc_without_size_or_image(tmp_path: Path) -> None:
                                                                    "<size> and the image cannot be read")
 
 
+def test_voc_devkit_as_downloaded_combines_the_years(tmp_path: Path, small_coco: Path) -> None:
+    """`DIR/VOCdevkit/VOC2007` + `VOC2012` (what people download): a split is read from every year that has it
+    (07+12), `file_name`s relative to the devkit, and the report names the layout; a split only one year has
+    (2007's test) is that year's alone. `DIR` may also be the devkit folder itself."""
+    devkit = tmp_path / "VOCdevkit"
+    write_voc(small_coco, devkit / "VOC2007", {"train": "trainval", "val": "test"})
+    write_voc(small_coco, devkit / "VOC2012", {"train": "trainval"})
+    for root in (tmp_path, devkit):
+        source = resolve_split(root, "trainval")
+        assert source.layout == "Pascal VOC devkit (VOC2007 + VOC2012)" and source.image_dir == devkit
+        assert "VOC2007/JPEGImages" in source.describe() and "VOC2012/JPEGImages" in source.describe()
+        assert find_splits(root) == ["test", "trainval"]
+    r = load_records(tmp_path, "trainval")
+    single = load_records(devkit / "VOC2007", "trainval")
+    assert len(r) == 2 * len(single) and r.num_annotations == 2 * single.num_annotations
+    assert len(set(r.image_ids.tolist())) == len(r) and len(set(r.ann_ids.tolist())) == r.num_annotations
+    assert r.file_name(0).startswith("VOC2007/JPEGImages/") and r.file_name(len(r) - 1).startswith("VOC2012/")
+    np.testing.assert_array_equal(r.ann_boxes[: single.num_annotations], single.ann_boxes)
+    test = resolve_split(tmp_path, "test")
+    assert test.layout == "Pascal VOC devkit (VOC2007)" and len(load_records(tmp_path, "test")) == 3
+    ds = CocoDetection(tmp_path, "trainval")
+    image, target = ds[len(ds) - 1]
+    assert image.shape[-2:] != (0, 0) and len(target["boxes"]) >= 1
+    assert check_dataset(tmp_path, "trainval", progress=False).ok
+
+
 def test_voc_filename_outside_the_folder_is_refused_before_it_is_opened(tmp_path: Path, monkeypatch) -> None:
     """`<filename>/etc/hostname</filename>` without `<size>`: refused by the path rule; the file is never opened
     (before: read for its size first, then refused)."""

@@ -9,7 +9,9 @@ and then its aliases (`val` -> `valid`, `validation`; `valid` -> `val`):
 1. `DIR/annotations/instances_<split>.json`, images in `DIR/<split>/` (the standard layout: wins when present);
 2. `DIR/<split>/_annotations.coco.json`, images beside it (Roboflow; also Label Studio / CVAT exports moved so);
 3. `DIR/data.yaml` or `DIR/dataset.yaml` with a `<split>` key (YOLO);
-4. `DIR/Annotations/` and `DIR/ImageSets/Main/<split>.txt` (Pascal VOC).
+4. `DIR/Annotations/` and `DIR/ImageSets/Main/<split>.txt` (Pascal VOC), or a devkit as downloaded:
+   `DIR/VOCdevkit/VOC<year>/` (or `DIR` itself holding `VOC<year>/` folders), every year that has the split read
+   as one (VOC2007 + VOC2012 `trainval`: the usual 07+12 training set; `test`: VOC2007's alone).
 
 `data.<role>_ann` / `data.<role>_images` (any-path COCO) bypass the detection. docs/data.md has the details.
 """
@@ -54,6 +56,8 @@ class SplitSource:
     layout: str
     images_from: str = ""
     """Where the images come from when it is not `image_dir` alone (a YOLO split's yaml entries)."""
+    parts: tuple[Path, ...] = ()
+    """A VOC devkit's year folders read as this one split (their common folder is `image_dir`)."""
 
     def describe(self) -> str:
         """One line: which layout was found for the split and where."""
@@ -71,8 +75,10 @@ class SplitSource:
 
             return yolo_to_coco(read_spec(self.ann_file), self.name, reporter)
         if self.format == "voc":
-            from .voc import voc_to_coco
+            from .voc import voc_to_coco, vocs_to_coco
 
+            if self.parts:
+                return vocs_to_coco(self.parts, self.image_dir, self.name, reporter, check_files=check_files)
             return voc_to_coco(self.root, self.name, reporter, check_files=check_files)
         data = read_json(self.ann_file)
         if self.layout.startswith("Roboflow"):
@@ -180,6 +186,13 @@ def resolve_split(root: Path | str, split: str, *, fmt: str = "auto", ann: str =
             if (main / f"{name}.txt").is_file() and (root / "Annotations").is_dir():
                 return SplitSource("voc", root, split, name, main / f"{name}.txt", root / "JPEGImages",
                                    "Pascal VOC")
+        for name in _names(split):
+            years = [y for y in voc_years(root) if (y / "ImageSets" / "Main" / f"{name}.txt").is_file()]
+            if years:
+                return SplitSource("voc", root, split, name, years[0] / "ImageSets" / "Main" / f"{name}.txt",
+                                   years[0].parent, f"Pascal VOC devkit ({' + '.join(y.name for y in years)})",
+                                   f"images in {', '.join(str(y / 'JPEGImages') for y in years)}",
+                                   parts=tuple(years))
         if fmt == "voc":
             raise DatasetError(f"{main / (split + '.txt')}: not found (a Pascal VOC dataset has Annotations/, "
                                "JPEGImages/ and ImageSets/Main/<split>.txt)")
@@ -219,7 +232,18 @@ def find_splits(root: Path | str, fmt: str = "auto") -> list[str]:
         yaml_file = find_yaml(root)
         if yaml_file is not None:
             return [k for k, v in read_spec(yaml_file).splits.items() if v]
-    if fmt in ("auto", "voc") and (root / "Annotations").is_dir():
+    if fmt in ("auto", "voc"):
         # class-specific lists (`cat_train.txt`) are not splits
-        return sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem)
+        folders = [root] if (root / "Annotations").is_dir() else voc_years(root)
+        return sorted({p.stem for f in folders for p in (f / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem})
+    return []
+
+
+def voc_years(root: Path) -> list[Path]:
+    """The year folders of a Pascal VOC devkit at `root` (`root/VOCdevkit/VOC2007`, ..., or `root/VOC2007`, ...),
+    each with its own `Annotations/`; sorted by name."""
+    for devkit in (root / "VOCdevkit", root):
+        years = sorted(p for p in devkit.glob("VOC*") if (p / "Annotations").is_dir())
+        if years:
+            return years
     return []

@@ -102,10 +102,33 @@ def _size(tree: ET.Element) -> tuple[int, int] | None:
     return (w, h) if w > 0 and h > 0 else None
 
 
-def voc_to_coco(root: Path, split: str, v: Any, check_files: bool = True) -> tuple[dict[str, Any], Path]:
-    """The split as a COCO dict (image ids 1..N in list order, `file_name` relative to `JPEGImages/`) and the
-    image folder. `v` is the `validate.Validator`: it stops (training) or records (`data check`) what is
-    malformed, with the xml's path and the object's number."""
+def vocs_to_coco(years: tuple[Path, ...], common: Path, split: str, v: Any,
+                 check_files: bool = True) -> tuple[dict[str, Any], Path]:
+    """Split `split` of several VOC year folders (a devkit's VOC2007 + VOC2012) as one COCO dict, `file_name`s
+    relative to `common` (their parent: `VOC2007/JPEGImages/000005.jpg`). The years must name the same classes."""
+    merged: dict[str, Any] = {"images": [], "annotations": [], "categories": None}
+    for year in years:
+        data, img_dir = voc_to_coco(year, split, v, check_files, first_image_id=len(merged["images"]) + 1,
+                                    first_ann_id=len(merged["annotations"]) + 1)
+        if merged["categories"] is None:
+            merged["categories"] = data["categories"]
+        elif [c["name"] for c in data["categories"]] != [c["name"] for c in merged["categories"]]:
+            v.fatal("bad_categories", f"{year}: its classes differ from {years[0]}'s; read the years one by one")
+            continue
+        prefix = img_dir.relative_to(common).as_posix()
+        for image in data["images"]:
+            image["file_name"] = f"{prefix}/{image['file_name']}"
+        merged["images"] += data["images"]
+        merged["annotations"] += data["annotations"]
+    return merged, common
+
+
+def voc_to_coco(root: Path, split: str, v: Any, check_files: bool = True, first_image_id: int = 1,
+                first_ann_id: int = 1) -> tuple[dict[str, Any], Path]:
+    """The split as a COCO dict (image ids from `first_image_id` in list order, annotation ids from
+    `first_ann_id`, `file_name` relative to `JPEGImages/`) and the image folder. `v` is the
+    `validate.Validator`: it stops (training) or records (`data check`) what is malformed, with the xml's path
+    and the object's number."""
     list_file = root / "ImageSets" / "Main" / f"{split}.txt"
     ann_dir, img_dir = root / "Annotations", root / "JPEGImages"
     names = class_names(root)
@@ -138,7 +161,7 @@ def voc_to_coco(root: Path, split: str, v: Any, check_files: bool = True) -> tup
             v.fatal("bad_xml", str(e))
             continue
         file_name = _file_name(tree, stem, listing)
-        iid = len(images) + 1
+        iid = first_image_id + len(images)
         size = _size(tree)
         unsafe = unsafe_path_reason(file_name)
         if unsafe:  # refused before anything is opened (reading it for its size would open /etc/...)
@@ -159,7 +182,7 @@ def voc_to_coco(root: Path, split: str, v: Any, check_files: bool = True) -> tup
             ann = _annotation(obj, xml, k, cat_id, v)
             if ann is None:
                 continue
-            aid = len(annotations) + 1
+            aid = first_ann_id + len(annotations)
             v.where_ann[aid] = f"{xml} (object {k})"
             annotations.append({"id": aid, "image_id": iid, **ann})
     return {"images": images, "annotations": annotations, "categories": categories}, img_dir
