@@ -27,6 +27,12 @@ class BackboneConfig:
     frozen_stages: int = 1
     """Stem + this many ResNet stages get no gradient. Only applied when weights are loaded: freezing random
     weights would freeze noise. Source: the paper (stem and stage 1)."""
+    padding_aware: bool = False
+    """Zero the padded region (bottom / right, where a batch pads its images) after every norm layer, the stem's
+    max-pool and the FPN's convs, so that an image's trunk and FPN features do not depend on how much padding
+    its batch adds, as the encoder, dense head and RoI pooling already do (model/padding.py): eval at batch 1
+    and at batch 8 then agree. Exact for BN and frozen BN in eval mode (a "gn" trunk's statistics still see
+    the padding). Source: ours."""
 
 
 @dataclass

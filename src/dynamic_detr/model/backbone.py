@@ -7,7 +7,7 @@ BN is an identity, so `norm="auto"` trains BN instead and nothing is frozen.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +162,53 @@ class Backbone(BackboneWithFPN):
         self.pretrained = pretrained
         self.norm = norm
         self.strides = STRIDES
+        self.padding = _PaddingMasks(self) if cfg.padding_aware else None
 
-    def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
-        """x: [B, 3, H, W] normalised -> [P3, ..., P7], each [B, hidden_dim, ceil(H / s), ceil(W / s)]."""
-        feats: OrderedDict[str, Tensor] = self.fpn(self.body(x))
-        return list(feats.values())
+    def forward(self, x: Tensor, valid_hw: Tensor | None = None) -> list[Tensor]:  # type: ignore[override]
+        """x: [B, 3, H, W] normalised -> [P3, ..., P7], each [B, hidden_dim, ceil(H / s), ceil(W / s)].
+        valid_hw: [B, 2] each image's unpadded (h, w), for `padding_aware` (None: no padding to mind)."""
+        if self.padding is None or valid_hw is None:
+            return list(self.fpn(self.body(x)).values())
+        with self.padding.active(valid_hw, (int(x.shape[-2]), int(x.shape[-1]))):
+            return list(self.fpn(self.body(x)).values())
+
+
+class _PaddingMasks:
+    """`BackboneConfig.padding_aware`: forward hooks that zero the padded positions of the maps that feed a conv
+    (every norm layer's output, the stem's max-pool, the FPN's lateral sums, P5 and P6), while `active`. A conv
+    then sees zeros beyond each image's region, as it sees its zero padding when the image is alone."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.valid_hw: Tensor | None = None
+        self.input_hw = (0, 0)
+        self.cache: dict[tuple[int, int], Tensor] = {}
+        masked = [m for m in backbone.body.modules()
+                  if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d | nn.GroupNorm | nn.MaxPool2d)]
+        masked += [*backbone.fpn.layer_blocks, backbone.fpn.extra_blocks.p6, backbone.fpn.extra_blocks.p7]
+        for module in masked:
+            module.register_forward_hook(lambda module, args, out: self.mask(out))
+        for module in backbone.fpn.layer_blocks:  # the lateral + top-down sum, before its 3x3 conv
+            module.register_forward_pre_hook(lambda module, args: (self.mask(args[0]),))
+
+    def active(self, valid_hw: Tensor, input_hw: tuple[int, int]):
+        import contextlib
+
+        @contextlib.contextmanager
+        def scope():
+            self.valid_hw, self.input_hw, self.cache = valid_hw, input_hw, {}
+            try:
+                yield
+            finally:
+                self.valid_hw, self.cache = None, {}
+        return scope()
+
+    def mask(self, x: Tensor) -> Tensor:
+        if self.valid_hw is None:
+            return x
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if (h, w) not in self.cache:
+            from .padding import level_masks
+
+            stride = 2 ** round(math.log2(self.input_hw[0] / h))  # P6 / P7 sizes are ceil-halved: not exact
+            self.cache[(h, w)] = level_masks(self.valid_hw, [(h, w)], (stride,))[0]
+        return x * self.cache[(h, w)].to(x.dtype)

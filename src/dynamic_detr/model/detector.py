@@ -102,8 +102,8 @@ class DynamicDETR(nn.Module):
         # normalise, then zero the padding again: padded pixels are the mean colour, as when padding after
         # normalising (DETR, torchvision's GeneralizedRCNNTransform)
         x = ((images - self.pixel_mean) / self.pixel_std).masked_fill(masks[:, None], 0.0)
-        feats = self.backbone(x)
         valid_hw = valid_sizes(masks)
+        feats = self.backbone(x, valid_hw if padded else None)
         # per-level masks of each image's unpadded region: the encoder's and dense head's statistics come from
         # the image alone, so its detections do not depend on the rest of the batch (model/padding.py)
         valid = level_masks(valid_hw, [(int(f.shape[-2]), int(f.shape[-1])) for f in feats],
