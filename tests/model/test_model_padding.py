@@ -94,7 +94,7 @@ class _FixedPyramid(nn.Module):
         self.strides = strides
         self.by_width = by_width
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, valid_hw: torch.Tensor | None = None) -> list[torch.Tensor]:
         return [f.clone() for f in self.by_width[int(x.shape[-1])]]
 
 
