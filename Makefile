@@ -23,9 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # JOBS pytest-xdist workers, each test file on one worker (its module fixtures built once), each worker with
-# cores / JOBS threads (tests/conftest.py); JOBS=0 runs in this process
+# cores / JOBS threads (tests/conftest.py); the files handed out in collection order, where tests/conftest.py
+# puts the longest first (xdist's default order, by number of tests, started them last); JOBS=0 runs in this
+# process
 JOBS ?= 2
-PYTEST = $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile
+PYTEST = $(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) lint
 	$(PYTEST) $(ARGS)

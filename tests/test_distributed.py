@@ -19,11 +19,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from builders import shapes_dataset, tiny_config
 from dynamic_detr import distributed as du
 from dynamic_detr.checkpoint import load_checkpoint, save_checkpoint
 from dynamic_detr.errors import UserError
 from dynamic_detr.train.trainer import Trainer
-from run_helpers import make_easy_dataset, tiny_config
 
 # The stated tolerance: per-epoch mean losses agree to 1e-3 (relative), and per tensor the two runs' weights
 # differ by at most 2% of how far the 4 AdamW steps moved them (L2 norms). The only differences are float
@@ -34,7 +34,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _config():
-    cfg = tiny_config(lr_drop_epochs=[])
+    cfg = tiny_config(px=96, run=True, lr_drop_epochs=[])
     cfg.model.backbone.norm = "frozen_bn"  # BN statistics are per process on CPU (no SyncBatchNorm there)
     return cfg
 
@@ -42,7 +42,7 @@ def _config():
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # a single-process training, then torchrun (its own subprocess timeout: 600 s)
 def test_two_process_gloo_matches_single_process(tmp_path, free_port):
-    data = make_easy_dataset(tmp_path / "d", {"train": 8, "val": 2})
+    data = shapes_dataset(tmp_path / "d", {"train": 8, "val": 2})
     single = tmp_path / "single"
     cfg = _config()
     cfg.train.batch_size = 4
@@ -87,7 +87,7 @@ def test_ranks_with_skewed_clocks_stop_at_the_same_step(tmp_path, free_port):
     to evaluate (a collective) after step 3 while rank 0 went on stepping (another collective): a mismatch that
     hung or failed the run. The slowest rank's time now decides: elapsed 2, 6, 10 s after steps 1-3 of rank 1's
     clock, so a 10 s budget ends the run after step 3 on both."""
-    data = make_easy_dataset(tmp_path / "d", {"train": 16, "val": 2})
+    data = shapes_dataset(tmp_path / "d", {"train": 16, "val": 2})
     cfg = _config()
     cfg.train.batch_size = 2
     cfg.dump(tmp_path / "ddp.yaml")
@@ -125,7 +125,7 @@ def test_torchrun_restarts_a_killed_worker_and_resumes(tmp_path, free_port):
     import signal
     import time
 
-    data = make_easy_dataset(tmp_path / "d", {"train": 8, "val": 2})
+    data = shapes_dataset(tmp_path / "d", {"train": 8, "val": 2})
     cfg = _config()
     cfg.train.batch_size = 2
     cfg.train.checkpoint_every = 1
@@ -200,9 +200,9 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
 def test_resume_restores_every_rng_of_the_rank(tmp_path):
     """World size 1: a resumed Trainer continues numpy's and python's streams too, not only torch's (they
     used to be re-seeded at start-up)."""
-    data = make_easy_dataset(tmp_path / "d", {"train": 2, "val": 1})
+    data = shapes_dataset(tmp_path / "d", {"train": 2, "val": 1})
     run = tmp_path / "run"
-    trainer = Trainer(tiny_config(batch_size=2), data, run, epochs=1, progress=False)
+    trainer = Trainer(tiny_config(px=96, run=True, batch_size=2), data, run, epochs=1, progress=False)
     random.seed(11)
     np.random.seed(12)
     torch.manual_seed(13)
@@ -212,7 +212,7 @@ def test_resume_restores_every_rng_of_the_rank(tmp_path):
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
-    resumed = Trainer(tiny_config(batch_size=2), data, run, resume=True, progress=False)
+    resumed = Trainer(tiny_config(px=96, run=True, batch_size=2), data, run, resume=True, progress=False)
     assert resumed.resumed
     assert _draws() == expected
 

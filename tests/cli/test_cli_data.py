@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_helpers import ann, image
+from builders import ann, image
 from dynamic_detr.cli.main import main
 from dynamic_detr.data import check_dataset
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from builders import tiny_config
 from dynamic_detr.api import save_pretrained
 from dynamic_detr.cli.main import main
 from dynamic_detr.data.synthetic import CLASSES, generate
@@ -167,17 +168,13 @@ def test_eval_data_on_the_command_line_wins_over_absolute_config_paths(tmp_path,
     dataset given with --data (the old code silently evaluated the config's one), and eval says where it found
     the split; a relative path in the config still applies under --data."""
     from dynamic_detr.cli.evaluate import data_section_for
-    from dynamic_detr.config import get_preset
     from dynamic_detr.model import DynamicDETR
 
     there, here = tmp_path / "there", tmp_path / "here"
     generate(there, train=1, val=2, image_size=96, seed=1)
     generate(here, train=1, val=3, image_size=96, seed=2)
-    cfg = get_preset("cpu_tiny")
-    cfg.model.num_classes, cfg.model.category_ids = len(CLASSES), list(range(1, len(CLASSES) + 1))
-    cfg.model.class_names = list(CLASSES)
-    cfg.data.val_ann = str(there / "annotations" / "instances_val.json")
-    cfg.data.val_images = str(there / "val")
+    cfg = tiny_config({"data.val_ann": str(there / "annotations" / "instances_val.json"),
+                       "data.val_images": str(there / "val")}, classes=dict(enumerate(CLASSES, 1)))
     model = DynamicDETR(cfg.model)
     model.run_config = cfg
     save_pretrained(model, tmp_path / "m")

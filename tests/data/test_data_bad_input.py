@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_helpers import ann, image
+from builders import ann, image
 from dynamic_detr.data import CocoDetection, DatasetWarning, check_dataset
 from dynamic_detr.errors import DatasetError
 

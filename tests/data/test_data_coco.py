@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from data_helpers import ann, image, write_coco
+from builders import ann, image, write_coco
 from dynamic_detr.data import CocoDetection
 from dynamic_detr.data.synthetic import CLASSES
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from data_helpers import ann, image
+from builders import ann, image
 from dynamic_detr.config import get_preset
 from dynamic_detr.data import Batch, CocoDetection, DatasetWarning, build_loader, build_transforms, collate
 

@@ -18,7 +18,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from data_helpers import ann, image
+from builders import ann, image
 from dynamic_detr.data import CocoDetection
 from dynamic_detr.data.collate import build_loader
 from dynamic_detr.data.records import _ARRAYS

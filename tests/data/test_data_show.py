@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data_helpers import ann, image
+from builders import ann, image
 from dynamic_detr.cli.main import main
 from dynamic_detr.config import apply_overrides, get_preset
 from dynamic_detr.data import CocoDetection, check_dataset

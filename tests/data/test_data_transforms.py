@@ -8,7 +8,6 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from data_helpers import rect_image
 from dynamic_detr.config import DataConfig, get_preset
 from dynamic_detr.data.transforms import RandomSizeCrop, build_transforms, resize_short_side
 from dynamic_detr.errors import ConfigError
@@ -19,6 +18,14 @@ example, given, settings = hypothesis.example, hypothesis.given, hypothesis.sett
 
 H, W = 40, 60
 BOX = (10, 5, 25, 20)  # x0, y0, x1, y1 of the white rectangle
+
+
+def rect_image(h: int, w: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """[h, w, 3] uint8 black with a white filled rectangle at box = (x0, y0, x1, y1) (exclusive ends)."""
+    a = np.zeros((h, w, 3), np.uint8)
+    x0, y0, x1, y1 = box
+    a[y0:y1, x0:x1] = 255
+    return a
 
 
 def _sample(box=BOX, h: int = H, w: int = W):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
+from builders import shapes_dataset, tiny_config
 from dynamic_detr.data import CocoDetection, DatasetWarning, build_loader, build_transforms
 from dynamic_detr.data.sampler import SeededDataset
 from dynamic_detr.evaluate.inference import evaluate_model
 from dynamic_detr.evaluate.metrics import CocoEvaluator, format_table, to_coco_detections
-from run_helpers import make_easy_dataset, tiny_config
 
 # category 9 ("bird") has no ground truth; ids are not contiguous on purpose
 GT_BOXES = {  # image id -> [(category id, [x, y, w, h])]
@@ -173,12 +173,12 @@ class _WholeImageModel(torch.nn.Module):
 def test_undecodable_val_image_is_skipped_not_scored_twice(tmp_path, capsys, batch_size: int) -> None:
     """The dataset once served the next image in place of an undecodable one, with that image's id, so
     evaluation scored the next image twice and counted the broken one's objects as misses."""
-    root = make_easy_dataset(tmp_path / "data", {"val": 4})
+    root = shapes_dataset(tmp_path / "data", {"val": 4})
     bad = root / "val" / "0001.png"  # image id 2
     bad.write_bytes(b"not an image")
     ds = CocoDetection(root, "val")
-    loader = build_loader(SeededDataset(ds, build_transforms(tiny_config().data, train=False)), batch_size,
-                          train=False, size_divisibility=32)
+    transforms = build_transforms(tiny_config(px=96, run=True).data, train=False)
+    loader = build_loader(SeededDataset(ds, transforms), batch_size, train=False, size_divisibility=32)
     with pytest.warns(DatasetWarning, match="cannot decode image"):
         metrics, dets = evaluate_model(_WholeImageModel(), loader, ds.coco_gt(), None, torch.device("cpu"))
     assert Counter(d["image_id"] for d in dets) == {1: 1, 3: 1, 4: 1}  # each readable image once

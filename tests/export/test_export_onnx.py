@@ -15,7 +15,7 @@ from dynamic_detr.api import save_pretrained
 from dynamic_detr.checkpoint import save_checkpoint
 from dynamic_detr.cli.main import main
 from dynamic_detr.export.onnx_export import Parity, compare, export_onnx
-from export_helpers import CATEGORY_IDS, ContinuousParts, live_model, tiny_config, well_conditioned
+from export_helpers import CATEGORY_IDS, ContinuousParts, live_config, live_model, well_conditioned
 
 # the export extra (also in dev): without it this module is skipped
 onnx = pytest.importorskip("onnx")
@@ -195,7 +195,7 @@ def test_export_uses_ema_weights(model, tmp_path):
     ema = live_model(seed=1)
     raw = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
     ckpt = tmp_path / "last.pt"
-    save_checkpoint(ckpt, {"model": raw, "config": tiny_config().to_dict(),
+    save_checkpoint(ckpt, {"model": raw, "config": live_config().to_dict(),
                            "ema": {f"module.{k}": v for k, v in ema.state_dict().items()}})
     out = tmp_path / "ema.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--image-size", *map(str, SIZE),

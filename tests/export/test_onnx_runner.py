@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from builders import overfit_run, shapes_dataset
 from dynamic_detr.api import save_pretrained
 from dynamic_detr.cli.main import main
 from dynamic_detr.export.onnx_runner import load_onnx
@@ -97,31 +98,6 @@ def test_cli_predict_with_onnx(model, graphs, tmp_path):
         assert (outs["onnx"] / f"{i}.png").is_file()
 
 
-def make_shapes_dataset(root, sizes: list[tuple[int, int]], seed: int = 0):
-    """A COCO dataset (split `val`) of large squares (id 3) and discs (id 7) on noise, one image per (h, w)."""
-    rng = np.random.default_rng(seed)
-    (root / "val").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    images, anns = [], []
-    for i, (h, w) in enumerate(sizes):
-        img = Image.fromarray(rng.integers(90, 150, (h, w, 3), dtype=np.uint8))
-        draw = ImageDraw.Draw(img)
-        for k in range(1 + i % 2):
-            side = int(rng.integers(min(h, w) // 4, min(h, w) // 2))
-            x0, y0 = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
-            cat = (3, 7)[(i + k) % 2]
-            shape = draw.rectangle if cat == 3 else draw.ellipse
-            shape([x0, y0, x0 + side, y0 + side], fill=(220, 30, 30) if cat == 3 else (30, 30, 220))
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat,
-                         "bbox": [x0, y0, side + 1, side + 1], "area": float((side + 1) ** 2), "iscrowd": 0})
-        img.save(root / "val" / f"{i:03d}.png")
-        images.append({"id": i + 1, "file_name": f"{i:03d}.png", "width": w, "height": h})
-    cats = [{"id": 3, "name": "square"}, {"id": 7, "name": "disc"}]
-    (root / "annotations" / "instances_val.json").write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return root
-
-
 def _eval(ckpt, data, tmp_path, name: str, batch: int = 4) -> tuple[dict, list[dict]]:
     out, dets = tmp_path / f"{name}_metrics.json", tmp_path / f"{name}_dets.json"
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--workers", "0", "--batch-size", str(batch),
@@ -134,7 +110,8 @@ def test_cli_eval_with_onnx_matches_checkpoint(graphs, tmp_path):
     so the detections themselves are compared; the slow test below compares the AP of a trained model). One
     PyTorch batch of 5, padded to 128x128 as the graph's canvas is (a portrait and a landscape image reach 128):
     the backbone's border effect is then the same; the graph (fixed batch 3) runs 3, then 2 and a blank."""
-    data = make_shapes_dataset(tmp_path / "data", [(96, 96), (120, 80), (70, 140), (100, 100), (64, 96)])
+    data = shapes_dataset(tmp_path / "data", {"val": [(96, 96), (120, 80), (70, 140), (100, 100), (64, 96)]},
+                          corner=False)
     ref_metrics, ref = _eval(graphs / "model", data, tmp_path, "torch", batch=5)
     got_metrics, got = _eval(graphs / "batch3.onnx", data, tmp_path, "onnx", batch=5)
     assert len(got) == len(ref) == 5 * 30  # cpu_tiny: top 30 of 10 queries x 3 classes
@@ -150,28 +127,11 @@ def test_cli_eval_with_onnx_matches_checkpoint(graphs, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_eval_of_trained_model_onnx_matches_checkpoint_ap(tmp_path):
-    """A model trained to fit 4 images of several aspect ratios (128 steps; AP 77, AP50 100 on them, measured):
-    its exported graph's AP on them is the checkpoint's within 0.5."""
-    from dynamic_detr.config import get_preset
-    from dynamic_detr.train.trainer import Trainer
-
+    """A model trained to fit 4 images of several aspect ratios (`overfit_run` for 8 epochs: 128 steps; AP 77,
+    AP50 100 on them, measured): its exported graph's AP on them is the checkpoint's within 0.5."""
     sizes = [(96, 96), (120, 80), (72, 128), (100, 100)]
-    data = make_shapes_dataset(tmp_path / "data", sizes)
-    ann = data / "annotations"
-    coco = json.loads((ann / "instances_val.json").read_text())
-    images = [{**im, "id": im["id"] + 100 * r} for r in range(16) for im in coco["images"]]
-    anns = [{**a, "id": a["id"] + 100 * r, "image_id": a["image_id"] + 100 * r}
-            for r in range(16) for a in coco["annotations"]]
-    (ann / "instances_train.json").write_text(json.dumps({**coco, "images": images, "annotations": anns}))
-    (data / "train").symlink_to(data / "val")
-    cfg = get_preset("cpu_tiny")
-    d = cfg.data
-    d.train_short_sides, d.train_max_size, d.crop_prob, d.hflip_prob = [96], 128, 0.0, 0.0
-    d.eval_short_side, d.eval_max_size, d.num_workers = 96, 128, 0
-    t = cfg.train
-    t.batch_size, t.lr, t.lr_backbone, t.lr_drop_epochs, t.eval_every = 4, 6e-4, 6e-4, [10], 1000
-    t.clip_max_norm, t.warmup_iters, t.deterministic = 1.0, 0, True
-    assert Trainer(cfg, data, tmp_path / "run", epochs=8, progress=False).fit().status == "finished"
+    overfit_run(tmp_path, epochs=8, images=sizes, corner=False, threads=None)
+    data = tmp_path / "data"
     assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx")]) == 0
     ref, _ = _eval(tmp_path / "run", data, tmp_path, "torch")
     got, _ = _eval(tmp_path / "m.onnx", data, tmp_path, "onnx")

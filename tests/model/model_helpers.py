@@ -1,20 +1,8 @@
-"""Small configs and inputs shared by the model tests."""
+"""Inputs shared by the model tests (their config: `builders.tiny_config(classes=5).model`)."""
 
 from __future__ import annotations
 
 import torch
-
-from dynamic_detr.config import ModelConfig, get_preset
-
-
-def tiny_cfg(**decoder: object) -> ModelConfig:
-    """cpu_tiny's model (R18, d=64, 1 encoder block, 2 stages, 10 queries), random init, 5 classes."""
-    cfg = get_preset("cpu_tiny").model
-    cfg.num_classes = 5
-    cfg.backbone.weights = None
-    for key, value in decoder.items():
-        setattr(cfg.decoder, key, value)
-    return cfg
 
 
 def padded_batch(sizes: list[tuple[int, int]], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,8 +7,9 @@ import copy
 
 import pytest
 import torch
-from model_helpers import padded_batch, tiny_cfg
+from model_helpers import padded_batch
 
+from builders import tiny_config
 from dynamic_detr.model.detector import DynamicDETR
 
 
@@ -44,7 +45,7 @@ def _run(model: DynamicDETR, images: torch.Tensor, masks: torch.Tensor) -> tuple
 
 @pytest.mark.parametrize("part", ["encoder", "decoder", "dense"])
 def test_checkpointing_same_outputs_and_gradients_less_kept(part: str):
-    cfg = tiny_cfg(dropout=0.1, query_selection="boxes")
+    cfg = tiny_config({"model.decoder.dropout": 0.1, "model.decoder.query_selection": "boxes"}, classes=5).model
     cfg.dense.enabled = True
     torch.manual_seed(0)
     plain = DynamicDETR(cfg).train()
@@ -63,7 +64,7 @@ def test_checkpointing_same_outputs_and_gradients_less_kept(part: str):
 
 
 def test_checkpointing_built_from_config_and_off_in_eval():
-    cfg = tiny_cfg()
+    cfg = tiny_config(classes=5).model
     cfg.dense.enabled = True
     cfg.encoder.checkpoint = cfg.decoder.checkpoint = cfg.dense.checkpoint = True
     torch.manual_seed(0)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import tiny_cfg
 from torchvision.ops import roi_align
 
+from builders import tiny_config
 from dynamic_detr.model.decoder import DynamicDecoder, apply_deltas
 from dynamic_detr.model.dynamic_conv import DynamicConv
 from dynamic_detr.model.roi import MultiLevelRoIAlign, assign_levels
@@ -97,7 +97,7 @@ def test_roi_align_bags_equals_torchvision(h, w, batch):
 
 
 def test_box_stays_fixed_when_deltas_are_zero():
-    cfg = tiny_cfg(num_stages=3)
+    cfg = tiny_config({"model.decoder.num_stages": 3}, classes=5).model
     dec = DynamicDecoder(cfg, STRIDES)
     with torch.no_grad():
         dec.init_boxes.weight.uniform_(0.2, 0.6)  # not the whole image: nothing trivially (0.5, 0.5, 1, 1)
@@ -112,7 +112,7 @@ def test_box_stays_fixed_when_deltas_are_zero():
 
 @pytest.mark.parametrize("detach", [True, False])
 def test_detach_boxes_between_stages(detach):
-    cfg = tiny_cfg(num_stages=2, detach_boxes=detach)
+    cfg = tiny_config({"model.decoder.num_stages": 2, "model.decoder.detach_boxes": detach}, classes=5).model
     dec = DynamicDecoder(cfg, STRIDES)
     out = dec(features(96, 128, cfg.hidden_dim), torch.tensor([[96.0, 128.0], [96.0, 128.0]]))
     out[1]["boxes"].sum().backward()  # stage 0's box head reaches stage 1's boxes only through the box
@@ -122,7 +122,7 @@ def test_detach_boxes_between_stages(detach):
 
 @pytest.mark.parametrize("class_loss, width", [("focal", 5), ("softmax", 6)])
 def test_class_head_width_and_prior(class_loss, width):
-    cfg = tiny_cfg()
+    cfg = tiny_config(classes=5).model
     cfg.class_loss = class_loss
     dec = DynamicDecoder(cfg, STRIDES)
     bias = dec.stages[0].cls_head[-1].bias
@@ -132,14 +132,16 @@ def test_class_head_width_and_prior(class_loss, width):
 
 
 def test_query_embeddings_start_spread_out():
-    dec = DynamicDecoder(tiny_cfg(num_queries=300), STRIDES)
+    dec = DynamicDecoder(tiny_config({"model.decoder.num_queries": 300}, classes=5).model, STRIDES)
     assert 0.8 < dec.query_embed.weight.std() < 1.2  # N(0, 1), not Xavier-shrunk
     assert torch.equal(dec.init_boxes.weight, torch.tensor([[0.5, 0.5, 1.0, 1.0]]).expand(300, 4))
 
 
 @pytest.mark.parametrize("box_pos, layers", [("none", 0), ("sine", 3)])
 def test_decoder_variants_run(box_pos, layers):
-    cfg = tiny_cfg(box_pos=box_pos, num_reg_layers=layers, num_cls_layers=layers)
+    cfg = tiny_config({"model.decoder.box_pos": box_pos,
+                       "model.decoder.num_reg_layers": layers,
+                       "model.decoder.num_cls_layers": layers}, classes=5).model
     dec = DynamicDecoder(cfg, STRIDES)
     assert (dec.box_pos is None) == (box_pos == "none")
     out = dec(features(64, 64, cfg.hidden_dim), torch.tensor([[64.0, 64.0], [50.0, 40.0]]))

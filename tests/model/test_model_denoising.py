@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from model_helpers import padded_batch, tiny_cfg
+from model_helpers import padded_batch
 
+from builders import tiny_config
 from dynamic_detr.model.denoising import group_attention_mask, noised_queries
 from dynamic_detr.model.detector import DynamicDETR
 
@@ -48,7 +49,7 @@ def test_group_attention_mask_blocks_other_groups_and_padding_keys():
 
 def _model(**decoder) -> DynamicDETR:
     torch.manual_seed(0)
-    cfg = tiny_cfg(**decoder)
+    cfg = tiny_config({f"model.decoder.{k}": v for k, v in decoder.items()}, classes=5).model
     cfg.dense.enabled = decoder.get("query_selection", "none") != "none"
     return DynamicDETR(cfg)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import padded_batch, tiny_cfg
+from model_helpers import padded_batch
 from torchvision.ops import box_iou, nms
 
+from builders import tiny_config
 from dynamic_detr.model.dense_head import DenseHead, dense_boxes, distinct_first, level_points, select_queries
 from dynamic_detr.model.detector import DynamicDETR
 
@@ -28,7 +29,7 @@ def test_level_points_are_pixel_centres_finest_first():
 
 
 def test_dense_head_shapes_and_nonnegative_distances():
-    cfg = tiny_cfg()
+    cfg = tiny_config(classes=5).model
     cfg.dense.enabled = True
     head = DenseHead(cfg, STRIDES)
     out = head(_feats(64, 96))
@@ -110,7 +111,9 @@ def test_select_queries_with_nms_puts_distinct_boxes_first():
 @pytest.mark.parametrize("query_nms", [0.0, 0.5])
 def test_query_selection_feeds_the_decoder_dense_boxes(query_nms):
     torch.manual_seed(0)
-    cfg = tiny_cfg(query_selection="boxes", num_stages=1, query_nms=query_nms)
+    cfg = tiny_config({"model.decoder.query_selection": "boxes",
+                       "model.decoder.num_stages": 1,
+                       "model.decoder.query_nms": query_nms}, classes=5).model
     cfg.dense.enabled = True
     model = DynamicDETR(cfg).eval()
     with torch.no_grad():  # boxes of ~3 strides a side, so that neighbouring locations' boxes overlap
@@ -132,7 +135,9 @@ def test_query_selection_feeds_the_decoder_dense_boxes(query_nms):
 
 def test_hybrid_queries_take_the_boxes_after_the_matching_queries():
     torch.manual_seed(0)
-    cfg = tiny_cfg(query_selection="boxes", num_stages=1, num_hybrid_queries=6)
+    cfg = tiny_config({"model.decoder.query_selection": "boxes",
+                       "model.decoder.num_stages": 1,
+                       "model.decoder.num_hybrid_queries": 6}, classes=5).model
     cfg.dense.enabled = True
     model = DynamicDETR(cfg).train()
     images, masks = padded_batch([(64, 96), (64, 64)])
@@ -151,7 +156,7 @@ def test_hybrid_queries_take_the_boxes_after_the_matching_queries():
 
 def test_boxes_plus_content_gets_gradient_into_the_projection_only_through_the_decoder():
     torch.manual_seed(0)
-    cfg = tiny_cfg(query_selection="boxes+content")
+    cfg = tiny_config({"model.decoder.query_selection": "boxes+content"}, classes=5).model
     cfg.dense.enabled = True
     model = DynamicDETR(cfg).train()
     images, masks = padded_batch([(64, 96), (64, 64)])

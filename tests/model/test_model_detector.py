@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import padded_batch, tiny_cfg
+from model_helpers import padded_batch
 
+from builders import tiny_config
 from dynamic_detr.api import detect
 from dynamic_detr.config import get_preset
 from dynamic_detr.model import DynamicDETR
@@ -42,7 +43,7 @@ def test_output_shapes(preset, sizes):
 
 
 def test_softmax_head_has_no_object_class():
-    cfg = tiny_cfg()
+    cfg = tiny_config(classes=5).model
     cfg.class_loss = "softmax"
     model = DynamicDETR(cfg).eval()
     with torch.no_grad():
@@ -55,7 +56,7 @@ def test_softmax_head_has_no_object_class():
 def test_gradients_reach_every_trainable_parameter():
     torch.manual_seed(0)
     # zero-initialised box deltas would (correctly) block the gradient of the layers before them at step 0
-    model = DynamicDETR(tiny_cfg(zero_init_deltas=False)).train()
+    model = DynamicDETR(tiny_config({"model.decoder.zero_init_deltas": False}, classes=5).model).train()
     # whole-image boxes of a small image are all pooled from P3; start some queries with boxes 2-32x the image
     # so that stage 1 pools from every level P3-P7 and every level's encoder output is used
     with torch.no_grad():
@@ -77,21 +78,21 @@ def test_gradients_reach_every_trainable_parameter():
 
 def test_zero_init_deltas_make_every_stage_start_as_identity_refinement():
     torch.manual_seed(0)
-    model = DynamicDETR(tiny_cfg(zero_init_deltas=True)).eval()
+    model = DynamicDETR(tiny_config({"model.decoder.zero_init_deltas": True}, classes=5).model).eval()
     with torch.no_grad():
         out = model(*padded_batch([(96, 128)]))
     init = model.decoder.init_boxes.weight[None]
     for stage in out["stages"]:
         torch.testing.assert_close(stage["boxes"], init.expand_as(stage["boxes"]))
     torch.manual_seed(0)
-    model = DynamicDETR(tiny_cfg(zero_init_deltas=False)).eval()
+    model = DynamicDETR(tiny_config({"model.decoder.zero_init_deltas": False}, classes=5).model).eval()
     with torch.no_grad():
         out = model(*padded_batch([(96, 128)]))
     assert not torch.allclose(out["stages"][-1]["boxes"], init.expand_as(out["stages"][-1]["boxes"]))
 
 
 def test_postprocess_maps_boxes_to_original_images():
-    cfg = tiny_cfg(num_queries=3)
+    cfg = tiny_config({"model.decoder.num_queries": 3}, classes=5).model
     cfg.num_classes = 3
     cfg.category_ids = [10, 20, 30]
     model = DynamicDETR(cfg)
@@ -114,7 +115,7 @@ def test_postprocess_maps_boxes_to_original_images():
 
 
 def test_postprocess_softmax_picks_best_foreground_class_per_query():
-    cfg = tiny_cfg(num_queries=3)
+    cfg = tiny_config({"model.decoder.num_queries": 3}, classes=5).model
     cfg.num_classes = 2
     cfg.class_loss = "softmax"
     model = DynamicDETR(cfg)
@@ -130,7 +131,8 @@ def test_postprocess_softmax_picks_best_foreground_class_per_query():
 @pytest.mark.parametrize("zero_init_deltas", [False, True])
 def test_fresh_queries_do_not_collapse(zero_init_deltas):
     torch.manual_seed(0)
-    cfg = tiny_cfg(num_queries=20, zero_init_deltas=zero_init_deltas)
+    cfg = tiny_config({"model.decoder.num_queries": 20,
+                       "model.decoder.zero_init_deltas": zero_init_deltas}, classes=5).model
     model = DynamicDETR(cfg).eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 128, 128))
@@ -144,7 +146,7 @@ def test_fresh_queries_do_not_collapse(zero_init_deltas):
 
 def test_bf16_autocast_forward():
     torch.manual_seed(0)
-    model = DynamicDETR(tiny_cfg()).eval()
+    model = DynamicDETR(tiny_config(classes=5).model).eval()
     images, masks = padded_batch([(96, 128), (80, 100)])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images, masks)
@@ -156,7 +158,7 @@ def test_masks_default_to_no_padding():
     """No mask = the whole canvas is image: every pixel is seen and boxes are relative to the full size. A
     hand-built mask (image 1: 48 x 64 valid of 64 x 96) shows what a mask changes."""
     torch.manual_seed(0)
-    model = DynamicDETR(tiny_cfg()).eval()
+    model = DynamicDETR(tiny_config(classes=5).model).eval()
     images = torch.rand(2, 3, 64, 96)
     masks = torch.zeros(2, 64, 96, dtype=torch.bool)
     masks[1, 48:, :] = True
@@ -181,7 +183,7 @@ def test_predict_leaves_each_modules_training_mode_as_it_was():
 
     from dynamic_detr.errors import UserError
 
-    model = DynamicDETR(tiny_cfg(), load_weights=False).train()
+    model = DynamicDETR(tiny_config(classes=5).model, load_weights=False).train()
     model.backbone.eval()  # a mixed state (e.g. a frozen part) is kept too, not flattened by `train(True)`
     before = [m.training for m in model.modules()]
     detect(model, np.zeros((40, 60, 3), dtype=np.uint8), threshold=0.0)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from model_helpers import tiny_cfg
 from torchvision.ops import deform_conv2d, roi_align
 
+from builders import tiny_config
 from dynamic_detr.cli.main import main
 from dynamic_detr.model.info import BILINEAR_FLOPS, flop_counter, model_info
 
@@ -28,7 +28,9 @@ def test_model_info_components_add_up():
     """Each component counted on its own adds up to the whole model counted at once."""
     from dynamic_detr.model.detector import DynamicDETR
 
-    cfg = tiny_cfg(query_selection="boxes", num_hybrid_queries=4, dn_queries=4)
+    cfg = tiny_config({"model.decoder.query_selection": "boxes",
+                       "model.decoder.num_hybrid_queries": 4,
+                       "model.decoder.dn_queries": 4}, classes=5).model
     cfg.dense.enabled = True
     cfg.encoder.deform_impl = "torchvision"  # counted by formula on both paths (the sampled kernel's bmm differs)
     info = model_info(cfg, (64, 96))
@@ -47,7 +49,7 @@ def test_model_info_components_add_up():
 
 
 def test_model_info_respects_frozen_stages_without_reading_weights():
-    cfg = tiny_cfg()
+    cfg = tiny_config(classes=5).model
     cfg.backbone.weights = "/not/read.pth"
     info = model_info(cfg, (64, 64))
     assert info["trainable"]["backbone"] < info["params"]["backbone"]  # stem + stage 1 frozen

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from model_helpers import padded_batch, tiny_cfg
+from model_helpers import padded_batch
 from torch import nn
 
+from builders import tiny_config
 from dynamic_detr.config import EncoderConfig
 from dynamic_detr.model import detector as det
 from dynamic_detr.model import encoder as enc
@@ -103,7 +104,7 @@ def test_detections_of_an_image_do_not_depend_on_its_batch(monkeypatch):
     full of large values): decoder logits and dense-head logits inside the image agree up to the encoder's
     border resampling; without the padding-aware pooling (monkeypatched off) they differ many times more."""
     torch.manual_seed(0)
-    cfg = tiny_cfg()
+    cfg = tiny_config(classes=5).model
     cfg.dense.enabled = True
     model = DynamicDETR(cfg).eval()
     with torch.no_grad():  # attentions away from their identity init, so that their pooling matters

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from builders import SHAPES, shapes_dataset, tiny_config
 from dynamic_detr import checkpoint as ckpt
 from dynamic_detr.api import from_pretrained
 from dynamic_detr.cli.main import main
-from dynamic_detr.config import get_preset
 from dynamic_detr.errors import CheckpointError
 from dynamic_detr.model import DynamicDETR
 from dynamic_detr.model.loading import load_model
-from run_helpers import make_easy_dataset
 
 
 class _Payload:
@@ -28,16 +27,13 @@ class _Payload:
 
 
 def _tiny_cfg(stages: int = 2):
-    cfg = get_preset("cpu_tiny")
-    cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names = 2, [3, 7], ["square", "disc"]
-    cfg.model.decoder.num_stages = stages
-    return cfg
+    return tiny_config({"model.decoder.num_stages": stages}, classes=SHAPES)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("untrusted")
-    data = make_easy_dataset(root / "data", {"val": 2})
+    data = shapes_dataset(root / "data", {"val": 2})
     marker = root / "PWNED"
     evil = root / "evil.pt"
     # a well-formed checkpoint in every other respect, with the payload in the config

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.ops import deform_conv2d
 
+from builders import SHAPES, tiny_config
 from dynamic_detr.api import save_pretrained
 from dynamic_detr.cli.main import main
-from dynamic_detr.config import get_preset
 from dynamic_detr.model import DynamicDETR
 from dynamic_detr.model.loading import load_model
 from dynamic_detr.predict.explain import DYRELU_FIGSIZE, explain_image, scale_table_figsize
@@ -28,11 +28,7 @@ BLOCKS = 2
 
 
 def _config(encoder: bool = True):
-    cfg = get_preset("cpu_tiny")
-    cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names = 2, [3, 7], ["square", "disc"]
-    cfg.model.encoder.num_blocks = BLOCKS
-    cfg.model.encoder.enabled = encoder
-    return cfg
+    return tiny_config({"model.encoder.num_blocks": BLOCKS, "model.encoder.enabled": encoder}, classes=SHAPES)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from builders import save_untrained_tiny
 from dynamic_detr.cli.main import main
 from dynamic_detr.errors import UserError
 from dynamic_detr.predict.predictor import Predictor
-from run_helpers import save_untrained_tiny
 
 hypothesis = pytest.importorskip("hypothesis")  # the dev extra: without it this module is skipped
 st = pytest.importorskip("hypothesis.strategies")

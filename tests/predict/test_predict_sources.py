@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from builders import save_untrained_tiny, shapes_dataset
 from dynamic_detr.cli.main import main
 from dynamic_detr.data.sources import resolve_sources
 from media_helpers import png_bytes, write_video
-from run_helpers import make_easy_dataset, save_untrained_tiny
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_the_writer_refuses_a_path_outside_the_output_folder(tmp_path):
 
 
 def test_eval_reports_progress_off_a_terminal(model_dir, tmp_path, capsys):
-    data = make_easy_dataset(tmp_path / "data", {"val": 3}, size=64)
+    data = shapes_dataset(tmp_path / "data", {"val": 3}, size=64)
     assert main(["eval", "--checkpoint", str(model_dir), "--data", str(data), "--split", "val",
                  "--batch-size", "2", "--workers", "0", "--device", "cpu"]) == 0
     assert "eval: 2/2 (100%) batch" in capsys.readouterr().err

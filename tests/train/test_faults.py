@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from builders import shapes_dataset, tiny_config
 from dynamic_detr.checkpoint import load_checkpoint
-from run_helpers import make_easy_dataset, tiny_config
 
 DRIVER = Path(__file__).with_name("fault_driver.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -30,8 +30,8 @@ TEST_TIMEOUT = 1200
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    data = make_easy_dataset(root / "data", {"train": 8, "val": 2})
-    cfg = tiny_config(batch_size=2, checkpoint_every=1)
+    data = shapes_dataset(root / "data", {"train": 8, "val": 2})
+    cfg = tiny_config(px=96, run=True, batch_size=2, checkpoint_every=1)
     cfg.dump(root / "cfg.yaml")
     return data, root / "cfg.yaml"
 

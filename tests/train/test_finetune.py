@@ -11,16 +11,16 @@ import re
 import pytest
 import torch
 
+from builders import shapes_dataset, tiny_config
 from dynamic_detr.api import save_pretrained
 from dynamic_detr.checkpoint import load_checkpoint, save_checkpoint
 from dynamic_detr.cli.main import main
-from dynamic_detr.config import Config, get_preset
+from dynamic_detr.config import Config
 from dynamic_detr.data.synthetic import generate
 from dynamic_detr.errors import CheckpointError
 from dynamic_detr.model import DynamicDETR
 from dynamic_detr.model.decoder import PRIOR_PROB
 from dynamic_detr.model.loading import transfer_weights
-from run_helpers import make_easy_dataset
 
 TINY = ["data.num_workers=0", "data.train_short_sides=[96]", "data.train_max_size=128",
         "data.eval_short_side=96", "data.eval_max_size=128", "data.crop_prob=0.0"]
@@ -29,13 +29,8 @@ TINY = ["data.num_workers=0", "data.train_short_sides=[96]", "data.train_max_siz
 def _config(num_classes: int, prefix: str = "c") -> Config:
     """cpu_tiny with every kind of class head: the decoder stages' class FCs, the dense head's class conv and
     the denoising queries' label embedding."""
-    cfg = get_preset("cpu_tiny")
-    cfg.model.dense.enabled = True
-    cfg.model.decoder.dn_queries = 4
-    cfg.model.num_classes = num_classes
-    cfg.model.category_ids = list(range(1, num_classes + 1))
-    cfg.model.class_names = [f"{prefix}{i}" for i in range(num_classes)]
-    return cfg
+    return tiny_config({"model.dense.enabled": True, "model.decoder.dn_queries": 4},
+                       classes={i + 1: f"{prefix}{i}" for i in range(num_classes)})
 
 
 def _is_class_head(name: str) -> bool:
@@ -127,7 +122,7 @@ def finetune_data(tmp_path_factory):
     run = root / "run"
     assert main(["train", "--data", str(shapes), "--preset", "cpu_tiny", "--out", str(run), "--epochs", "1",
                  *TINY]) == 0
-    easy = make_easy_dataset(root / "easy", {"train": 4, "val": 2})
+    easy = shapes_dataset(root / "easy", {"train": 4, "val": 2})
     return run, easy
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from builders import shapes_dataset, tiny_config
 from dynamic_detr.config import get_preset
 from dynamic_detr.model import DynamicDETR
 from dynamic_detr.train.optim import adamw, param_groups
 from dynamic_detr.train.trainer import Trainer
-from run_helpers import make_easy_dataset, tiny_config
 
 
 def _groups(model: torch.nn.Module) -> list[dict]:
@@ -53,7 +53,8 @@ def test_adamw_falls_back_where_no_fused_kernel_exists():
 
 def test_the_trainer_builds_the_fused_adamw(tmp_path):
     """The trainer's optimizer is `adamw`'s fused one, over `param_groups`' groups."""
-    data = make_easy_dataset(tmp_path / "data", {"train": 4, "val": 2})
-    trainer = Trainer(tiny_config(batch_size=2), data, tmp_path / "run", epochs=1, progress=False, device="cpu")
+    data = shapes_dataset(tmp_path / "data", {"train": 4, "val": 2})
+    trainer = Trainer(tiny_config(px=96, run=True, batch_size=2), data, tmp_path / "run", epochs=1, progress=False,
+                      device="cpu")
     assert trainer.optim.optimizer.defaults["fused"]
     assert [g["name"] for g in trainer.optim.optimizer.param_groups] == ["rest", "backbone"]

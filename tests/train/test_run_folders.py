@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from builders import shapes_dataset
 from dynamic_detr.checkpoint import load_checkpoint
 from dynamic_detr.cli.main import main
 from dynamic_detr.train.rundir import RUN_FILES, clear_run, fresh_run_dir
-from run_helpers import make_easy_dataset
 
 TINY = ["data.num_workers=0", "data.train_short_sides=[96]", "data.train_max_size=128",
         "data.eval_short_side=96", "data.eval_max_size=128", "data.crop_prob=0.0"]
@@ -21,7 +21,7 @@ TINY = ["data.num_workers=0", "data.train_short_sides=[96]", "data.train_max_siz
 @pytest.fixture(scope="module")
 def easy(tmp_path_factory):
     """4 train images: one step of cpu_tiny's batch of 4 per epoch."""
-    return make_easy_dataset(tmp_path_factory.mktemp("easy"), {"train": 4, "val": 2})
+    return shapes_dataset(tmp_path_factory.mktemp("easy"), {"train": 4, "val": 2})
 
 
 def _train(data: Path, out: Path, *flags: str, epochs: int = 1) -> int:

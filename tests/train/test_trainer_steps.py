@@ -9,15 +9,16 @@ import signal
 import pytest
 import torch
 
+from builders import shapes_dataset, tiny_config
 from dynamic_detr.checkpoint import load_checkpoint
 from dynamic_detr.train.trainer import Trainer
-from run_helpers import inject_nonfinite, make_easy_dataset, nonfinite_tensors, tiny_config
+from run_helpers import inject_nonfinite, nonfinite_tensors
 
 
 @pytest.fixture(scope="module")
 def easy(tmp_path_factory):
     """8 train images: 4 batches of 2 per epoch."""
-    return make_easy_dataset(tmp_path_factory.mktemp("easy"), {"train": 8, "val": 4})
+    return shapes_dataset(tmp_path_factory.mktemp("easy"), {"train": 8, "val": 4})
 
 
 def test_grad_scaler_skips_an_inf_gradient_backs_off_and_goes_on(easy, tmp_path):
@@ -25,7 +26,7 @@ def test_grad_scaler_skips_an_inf_gradient_backs_off_and_goes_on(easy, tmp_path)
     gradient at step 2 of 4: it skips that step itself, halves its scale, and training goes on. The old loop
     skipped scaler.update() as well, so the next unscale_() raised and fp16 runs died on their first overflow."""
     run = tmp_path / "run"
-    trainer = Trainer(tiny_config(batch_size=2), easy, run, epochs=1, progress=False)
+    trainer = Trainer(tiny_config(px=96, run=True, batch_size=2), easy, run, epochs=1, progress=False)
     trainer.optim.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     inject_nonfinite(trainer, "gradient", lambda n: n == 2)
     with pytest.warns(RuntimeWarning, match="non-finite"):
@@ -43,7 +44,8 @@ def test_accumulation_steps_at_epoch_end_and_leaves_no_gradient(easy, tmp_path):
     """4 batches per epoch, accumulate 3: windows of 3 and 1 batches in each epoch, the short one stepping at the
     epoch's end. The old loop stepped once per epoch and carried the 4th batch's gradient into the next epoch
     (windows [3, 4]), and the last epoch's into nowhere."""
-    trainer = Trainer(tiny_config(batch_size=2, accumulate=3), easy, tmp_path / "run", epochs=2, progress=False)
+    trainer = Trainer(tiny_config(px=96, run=True, batch_size=2, accumulate=3), easy, tmp_path / "run", epochs=2,
+                      progress=False)
     counts = {"backward": 0}
     windows: list[int] = []  # batches accumulated into each optimizer step
 
@@ -66,7 +68,7 @@ def test_accumulation_steps_at_epoch_end_and_leaves_no_gradient(easy, tmp_path):
 def test_accumulate_beyond_an_epoch_warns_and_steps_once_per_epoch(easy, tmp_path):
     """accumulate 8 > 4 batches per epoch: the old loop never took a step, silently."""
     with pytest.warns(UserWarning, match="more than the 4 batches of an epoch"):
-        trainer = Trainer(tiny_config(batch_size=2, accumulate=8), easy, tmp_path / "run", epochs=2,
+        trainer = Trainer(tiny_config(px=96, run=True, batch_size=2, accumulate=8), easy, tmp_path / "run", epochs=2,
                           progress=False)
     assert trainer.fit().status == "finished"
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
@@ -91,11 +93,12 @@ def test_resume_mid_epoch_counts_training_time_once(easy, tmp_path, monkeypatch)
     monkeypatch.setattr(SetCriterion, "forward", counting)
     monkeypatch.setattr(stopping, "clock", lambda: 10.0 * calls["n"])
     run = tmp_path / "run"
-    first = Trainer(tiny_config(batch_size=2), easy, run, epochs=2, minutes=65 / 60, progress=False).fit()
+    first = Trainer(tiny_config(px=96, run=True, batch_size=2), easy, run, epochs=2, minutes=65 / 60,
+                    progress=False).fit()
     assert first.status == "interrupted"
     state = load_checkpoint(run / "last.pt")
     assert (state["step"], state["elapsed"], state["epoch_stats"]["seconds"]) == (3, 30.0, 30.0)
-    second = Trainer(tiny_config(batch_size=2), easy, run, resume=True, progress=False).fit()
+    second = Trainer(tiny_config(px=96, run=True, batch_size=2), easy, run, resume=True, progress=False).fit()
     assert second.status == "time budget"
     state = load_checkpoint(run / "last.pt")
     assert (state["epoch"], state["step"]) == (2, 7)

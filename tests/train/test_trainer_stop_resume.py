@@ -9,15 +9,15 @@ import sys
 
 import pytest
 
+from builders import shapes_dataset, tiny_config
 from dynamic_detr.checkpoint import load_checkpoint
 from dynamic_detr.train.trainer import Trainer
-from run_helpers import make_easy_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
 def easy(tmp_path_factory):
     """8 train images: 4 batches of 2 per epoch."""
-    return make_easy_dataset(tmp_path_factory.mktemp("easy"), {"train": 8, "val": 4})
+    return shapes_dataset(tmp_path_factory.mktemp("easy"), {"train": 8, "val": 4})
 
 
 @pytest.mark.parametrize("how", ["flag", "worker death"])
@@ -42,7 +42,7 @@ def test_stop_during_evaluation_keeps_the_epoch_and_resumes(easy, tmp_path, monk
 
     monkeypatch.setattr(validation, "evaluate_model", evaluate_model)
     run = tmp_path / "run"
-    first = Trainer(tiny_config(batch_size=2), easy, run, epochs=2, progress=False).fit()
+    first = Trainer(tiny_config(px=96, run=True, batch_size=2), easy, run, epochs=2, progress=False).fit()
     assert first.status == "interrupted" and first.metrics is None
     state = load_checkpoint(run / "last.pt")
     assert (state["epoch"], state["epoch_samples"], state["step"]) == (0, 8, 4)
@@ -50,7 +50,7 @@ def test_stop_during_evaluation_keeps_the_epoch_and_resumes(easy, tmp_path, monk
     assert not (run / "results.csv").exists()
 
     monkeypatch.setattr(validation, "evaluate_model", original)
-    second = Trainer(tiny_config(batch_size=2), easy, run, resume=True, progress=False).fit()
+    second = Trainer(tiny_config(px=96, run=True, batch_size=2), easy, run, resume=True, progress=False).fit()
     assert second.status == "finished" and second.epochs_done == 2
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert [(r["epoch"], r["step"]) for r in rows] == [("1", "4"), ("2", "8")]
@@ -84,11 +84,12 @@ def test_stop_signal_handler_does_no_io(capsys):
 
 def test_resume_applies_safe_overrides_and_says_so(easy, tmp_path, capsys):
     run = tmp_path / "run"
-    Trainer(tiny_config(batch_size=4), easy, run, epochs=1, progress=False).fit()
+    Trainer(tiny_config(px=96, run=True, batch_size=4), easy, run, epochs=1, progress=False).fit()
     capsys.readouterr()
     overrides = ["train.epochs=3", "train.eval_every=3", "train.checkpoint_every=1", "data.num_workers=0",
                  "train.batch_size=4"]  # the last two are the run's values already: nothing to apply
-    trainer = Trainer(tiny_config(batch_size=4), easy, run, resume=True, overrides=overrides, progress=False)
+    trainer = Trainer(tiny_config(px=96, run=True, batch_size=4), easy, run, resume=True, overrides=overrides,
+                      progress=False)
     t = trainer.cfg.train
     assert (t.epochs, t.eval_every, t.checkpoint_every, t.batch_size) == (3, 3, 1, 4)
     out = capsys.readouterr().out
@@ -105,10 +106,10 @@ def test_resume_refuses_overrides_that_change_the_run(easy, tmp_path):
     from dynamic_detr.errors import ConfigError
 
     run = tmp_path / "run"
-    Trainer(tiny_config(batch_size=4), easy, run, epochs=1, progress=False).fit()
+    Trainer(tiny_config(px=96, run=True, batch_size=4), easy, run, epochs=1, progress=False).fit()
     before = (run / "last.pt").read_bytes()
     overrides = ["train.lr=1e-3", "train.epochs=2", "model.hidden_dim=32", "train.batch_size=2"]
     with pytest.raises(ConfigError, match=r"train\.lr, model\.hidden_dim, train\.batch_size") as err:
-        Trainer(tiny_config(batch_size=4), easy, run, resume=True, overrides=overrides, progress=False)
+        Trainer(tiny_config(px=96, run=True, batch_size=4), easy, run, resume=True, overrides=overrides, progress=False)
     assert "\n" not in str(err.value) and "train.epochs" not in str(err.value).split("(")[0]
     assert (run / "last.pt").read_bytes() == before
