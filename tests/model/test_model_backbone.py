@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import urllib.error
 from pathlib import Path
@@ -173,7 +174,7 @@ def _alone_and_batched(aware: bool, size: tuple[int, int]) -> tuple[dict, dict]:
     cfg.model.num_classes = 3
     cfg.model.backbone.padding_aware = aware
     torch.manual_seed(0)
-    model = DynamicDETR(cfg.model).eval()
+    model = copy.deepcopy(DynamicDETR(cfg.model)).eval()  # a copy (as the EMA model is) must mask too
     a, b = torch.rand(3, *size), torch.rand(3, 160, 190)
 
     def run(images: list[torch.Tensor]) -> dict:

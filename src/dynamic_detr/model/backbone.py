@@ -185,10 +185,13 @@ class _PaddingMasks:
         masked = [m for m in backbone.body.modules()
                   if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d | nn.GroupNorm | nn.MaxPool2d)]
         masked += [*backbone.fpn.layer_blocks, backbone.fpn.extra_blocks.p6, backbone.fpn.extra_blocks.p7]
+        # the state hangs on each hooked module (not in a closure), so that a deep copy (the EMA model) hooks
+        # its own copy of it
         for module in masked:
-            module.register_forward_hook(lambda module, args, out: self.mask(out))
+            module._padding_masks = self
+            module.register_forward_hook(_mask_output)
         for module in backbone.fpn.layer_blocks:  # the lateral + top-down sum, before its 3x3 conv
-            module.register_forward_pre_hook(lambda module, args: (self.mask(args[0]),))
+            module.register_forward_pre_hook(_mask_input)
 
     def active(self, valid_hw: Tensor, input_hw: tuple[int, int]):
         import contextlib
@@ -212,3 +215,12 @@ class _PaddingMasks:
             stride = 2 ** round(math.log2(self.input_hw[0] / h))  # P6 / P7 sizes are ceil-halved: not exact
             self.cache[(h, w)] = level_masks(self.valid_hw, [(h, w)], (stride,))[0]
         return x * self.cache[(h, w)].to(x.dtype)
+
+
+def _mask_output(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+    return module._padding_masks.mask(out)
+
+
+def _mask_input(module: nn.Module, args: tuple) -> tuple:
+    return (module._padding_masks.mask(args[0]), *args[1:])
+
