@@ -76,8 +76,8 @@ def _refuse_links_out(image_dir: Path, names: list[str]) -> None:
     be a link, e.g. onto another disk): its target, any file on the machine, would be copied into the new
     dataset."""
     folder = os.path.realpath(image_dir)
-    out = [(n, os.path.realpath(image_dir / n)) for n in names
-           if not Path(os.path.realpath(image_dir / n)).is_relative_to(folder)]
+    targets = ((n, os.path.realpath(image_dir / n)) for n in names)
+    out = [(n, target) for n, target in targets if not Path(target).is_relative_to(folder)]
     if out:
         name, target = out[0]
         raise UserError(f"{image_dir}: {len(out)} image(s) are links leading out of the image folder (e.g. {name} "

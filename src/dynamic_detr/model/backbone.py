@@ -7,7 +7,9 @@ BN is an identity, so `norm="auto"` trains BN instead and nothing is frozen.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from ..config import BackboneConfig
 from ..errors import CheckpointError, ConfigError
+from .padding import level_masks
 
 # C3, C4, C5 of torchvision's ResNet, renamed to the FPN level they feed
 RETURN_LAYERS = {"layer2": "c3", "layer3": "c4", "layer4": "c5"}
@@ -193,25 +196,19 @@ class _PaddingMasks:
         for module in backbone.fpn.layer_blocks:  # the lateral + top-down sum, before its 3x3 conv
             module.register_forward_pre_hook(_mask_input)
 
-    def active(self, valid_hw: Tensor, input_hw: tuple[int, int]):
-        import contextlib
-
-        @contextlib.contextmanager
-        def scope():
-            self.valid_hw, self.input_hw, self.cache = valid_hw, input_hw, {}
-            try:
-                yield
-            finally:
-                self.valid_hw, self.cache = None, {}
-        return scope()
+    @contextlib.contextmanager
+    def active(self, valid_hw: Tensor, input_hw: tuple[int, int]) -> Iterator[None]:
+        self.valid_hw, self.input_hw, self.cache = valid_hw, input_hw, {}
+        try:
+            yield
+        finally:
+            self.valid_hw, self.cache = None, {}
 
     def mask(self, x: Tensor) -> Tensor:
         if self.valid_hw is None:
             return x
         h, w = int(x.shape[-2]), int(x.shape[-1])
         if (h, w) not in self.cache:
-            from .padding import level_masks
-
             stride = 2 ** round(math.log2(self.input_hw[0] / h))  # P6 / P7 sizes are ceil-halved: not exact
             self.cache[(h, w)] = level_masks(self.valid_hw, [(h, w)], (stride,))[0]
         return x * self.cache[(h, w)].to(x.dtype)
