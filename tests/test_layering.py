@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"evaluate"},
     {"train", "predict"},
     {"export"},
-    {"api"},
+    {"api", "serve"},  # serve: the HTTP server over predict and export
     {"cli", "__init__"},  # the package's front door loads api lazily
 ]
 LAYER = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}

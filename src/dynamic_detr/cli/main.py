@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "dynamic_detr.cli.predict",
     "dynamic_detr.cli.explain",
     "dynamic_detr.cli.export",
+    "dynamic_detr.cli.serve",
     "dynamic_detr.cli.config",
 ]
 
@@ -30,7 +31,7 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynamic-detr",
-        description="Dynamic DETR (Dai et al., ICCV 2021): train, evaluate, predict, explain, export.",
+        description="Dynamic DETR (Dai et al., ICCV 2021): train, evaluate, predict, explain, export, serve.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
