@@ -105,3 +105,28 @@ def test_the_package_exposes_the_api_lazily():
         api.from_pretrained, api.save_pretrained, api.detect)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         dynamic_detr.nothing  # noqa: B018
+
+
+def test_detect_tiled(model, tmp_path):
+    """`tile=` runs `TiledPredictor` on each image: an int is a tile side, TileOptions the full set; an image that
+    fits in one tile gives the plain path's detections; a bad value is a one-line UserError."""
+    import dynamic_detr
+    from dynamic_detr.predict.predictor import Predictor
+    from dynamic_detr.predict.tiling import TiledPredictor, TileOptions
+
+    big = np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    small = np.random.default_rng(2).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    assert dynamic_detr.TileOptions is TileOptions
+    got = detect(model, [big, small], threshold=0.0, batch_size=3, tile=TileOptions(128, merge="weighted"))
+    predictor = Predictor(model, model.run_config, torch.device("cpu"))
+    ref = TiledPredictor(predictor, TileOptions(128, merge="weighted"), batch_size=3)
+    for res, image in zip(got, [big, small], strict=True):
+        expected = ref([torch.from_numpy(image).permute(2, 0, 1)])[0]
+        torch.testing.assert_close(res["boxes"], expected["boxes"], atol=1e-3, rtol=0)
+        assert res["names"] == [model.run_config.model.names()[int(c)] for c in expected["labels"]]
+    _same(detect(model, small, threshold=0.0, tile=128)[0], detect(model, small, threshold=0.0)[0])
+    assert (detect(model, big, threshold=0.3, tile=128)[0]["scores"] >= 0.3).all()
+    with pytest.raises(UserError, match="tile overlap"):
+        detect(model, big, tile=TileOptions(128, overlap=1.5))
+    with pytest.raises(UserError, match="tile must be"):
+        detect(model, big, tile="128")

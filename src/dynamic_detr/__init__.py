@@ -1,14 +1,14 @@
 """Dynamic DETR: End-to-End Object Detection with Dynamic Attention (Dai et al., ICCV 2021).
 
-The Python API (`dynamic_detr.from_pretrained`, `save_pretrained`, `detect`) lives in `api.py` and is loaded on
-first use, so that importing the package (and light commands such as `--help`) stays light. (`detect`, not
-`predict`: `dynamic_detr.predict` is the prediction room, a subpackage.)
+The Python API (`dynamic_detr.from_pretrained`, `save_pretrained`, `detect`, `TileOptions`) lives in `api.py`
+and is loaded on first use, so that importing the package (and light commands such as `--help`) stays light.
+(`detect`, not `predict`: `dynamic_detr.predict` is the prediction room, a subpackage.)
 """
 
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["detect", "from_pretrained", "save_pretrained"]
+__all__ = ["TileOptions", "detect", "from_pretrained", "save_pretrained"]
 
 
 def __getattr__(name: str) -> Any:

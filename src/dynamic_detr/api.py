@@ -4,6 +4,7 @@
     model = dynamic_detr.from_pretrained("runs/mine")        # best.pt, EMA weights when present
     dynamic_detr.save_pretrained(model, "models/mine")      # config.json + model.safetensors
     results = dynamic_detr.detect(model, ["a.jpg", Image.open("b.png")], threshold=0.5)
+    results = dynamic_detr.detect(model, "aerial.png", tile=512)              # tiled: small objects, large image
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .fileio import atomic_write_text
 from .model.detector import DynamicDETR, modes_kept
 from .model.loading import load_model
 from .predict.predictor import Predictor
+from .predict.tiling import TiledPredictor, TileOptions, as_tile_options
 
 
 def from_pretrained(path: str | Path, device: torch.device | str = "cpu") -> DynamicDETR:
@@ -44,7 +46,8 @@ def save_pretrained(model: DynamicDETR, path: str | Path) -> None:
 
 
 @torch.no_grad()
-def detect(model: DynamicDETR, images: Any, threshold: float = 0.5, batch_size: int = 8) -> list[dict[str, Any]]:
+def detect(model: DynamicDETR, images: Any, threshold: float = 0.5, batch_size: int = 8,
+           tile: TileOptions | int | None = None) -> list[dict[str, Any]]:
     """Detect objects; the config's eval transform (resize) is applied, `batch_size` images at a time. Runs in eval
     mode and leaves every module's training mode as it was (a check inside a training loop).
 
@@ -52,17 +55,23 @@ def detect(model: DynamicDETR, images: Any, threshold: float = 0.5, batch_size: 
         images: one image or a list of them; each a PIL image, a numpy HWC (or HW) uint8 array, a tensor
             [3, H, W] (uint8, or float in [0, 1]) or an image file path.
         threshold: minimum score kept.
+        tile: tiled inference (docs/tiling.md): `TileOptions`, or a tile side in pixels (the other options at
+            their defaults). Each image is cut into overlapping tiles at its original resolution, `batch_size`
+            tiles at a time go through the model, and the detections are merged. None: the whole image.
     Returns:
         per image {"boxes": [n, 4] xyxy in original pixels, "scores": [n], "labels": [n] dataset category ids,
         "names": n category names}, highest score first.
     """
+    options = as_tile_options(tile)
     items = images if isinstance(images, list | tuple) else [images]
     device = next(model.parameters()).device
     results = []
     with modes_kept(model):
         predictor = Predictor(model, model.run_config or Config(model=model.cfg), device)
-        for start in range(0, len(items), batch_size):
-            for res in predictor([as_image_tensor(x) for x in items[start:start + batch_size]]):
+        detect = predictor if options is None else TiledPredictor(predictor, options, batch_size, min_score=threshold)
+        step = batch_size if options is None else 1  # tiled: one image at a time, its tiles batched
+        for start in range(0, len(items), step):
+            for res in detect([as_image_tensor(x) for x in items[start:start + step]]):
                 keep = res["scores"] >= threshold
                 res = {k: v[keep] for k, v in res.items()}
                 res["names"] = [predictor.names.get(int(c), str(int(c))) for c in res["labels"]]

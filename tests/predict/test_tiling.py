@@ -264,3 +264,10 @@ def test_tile_argument_forms():
         tiling.as_tile_options("300")
     with pytest.raises(UserError, match="tile batch size"):
         TiledPredictor(FakePredictor(), TileOptions(256), batch_size=0)
+
+
+def test_weighted_merge_of_empty_boxes():
+    """A box of zero area (untrained models give them, clamped to a tile's edge) stays its own cluster."""
+    boxes, _, _ = tiling.merge_weighted(_t([[0, 0, 128, 0], [0, 0, 128, 0], [5, 5, 9, 9]]),
+                                        torch.tensor([0.5, 0.4, 0.3]), torch.tensor([1, 1, 1]), 0.5)
+    assert not boxes.isnan().any() and len(boxes) == 3

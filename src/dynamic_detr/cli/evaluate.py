@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .predict import add_tile_options, tile_options
+
 if TYPE_CHECKING:
     from ..config import DataConfig
 
@@ -34,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--raw", action="store_true", help="use the raw weights even when the checkpoint has EMA")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    add_tile_options(p, "each image of the split is read at its original size (not through the eval loader), "
+                        "its tiles --batch-size at a time")
     p.set_defaults(func=run)
 
 
@@ -48,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     check_at_least(args.workers, 0, "--workers")
     if args.plots:
         check_out_folder(args.plots, "--plots")
+    tiles = tile_options(args)
+    if tiles is not None and args.amp != "none":
+        raise UserError("--amp is not used with --tile (tiles run in float32): leave it out")
     device = resolve_device(args.device)
 
     from ..data.coco import CocoDetection
@@ -68,11 +75,19 @@ def run(args: argparse.Namespace) -> int:
     if cfg.model.category_ids and set(cfg.model.category_ids) - set(dataset.category_ids):
         missing = sorted(set(cfg.model.category_ids) - set(dataset.category_ids))[:5]
         print(f"warning: the model predicts category ids the dataset does not have (e.g. {missing})")
-    loader = eval_loader(dataset, cfg.data, args.batch_size, num_workers=args.workers)
     names = dict(zip(dataset.category_ids, dataset.class_names, strict=True))
     keep: dict = {}
-    metrics, dets = evaluate_model(model, loader, dataset.coco_gt(), names, device, args.amp, keep=keep,
-                                   desc="eval")
+    if tiles is None:
+        loader = eval_loader(dataset, cfg.data, args.batch_size, num_workers=args.workers)
+        metrics, dets = evaluate_model(model, loader, dataset.coco_gt(), names, device, args.amp, keep=keep,
+                                       desc="eval")
+    else:  # the split's images at their original size, one at a time (the eval loader would resize them)
+        from ..predict.predictor import Predictor
+        from ..predict.tiled_eval import evaluate_tiled
+        from ..predict.tiling import TiledPredictor
+
+        tiled = TiledPredictor(Predictor(model, cfg, device), tiles, batch_size=args.batch_size)
+        metrics, dets = evaluate_tiled(tiled, dataset, names, keep=keep, desc="eval (tiled)")
     assert metrics is not None
     print(format_table(metrics))
     if args.out:

@@ -34,7 +34,46 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing and JSON")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    add_tile_options(p, "--batch-size tiles go through the model at a time")
     p.set_defaults(func=run)
+
+
+def add_tile_options(p: argparse.ArgumentParser, batching: str) -> None:
+    """--tile, --tile-overlap, --tile-full-image, --tile-merge (`predict`, `eval`; docs/tiling.md)."""
+    g = p.add_argument_group("tiled inference (docs/tiling.md)")
+    g.add_argument("--tile", type=_positive_int, metavar="SIZE",
+                   help="cut each image into overlapping SIZE x SIZE tiles at its original resolution, run the "
+                        f"model on each (resized to its eval size) and merge the detections; {batching}. For "
+                        "small objects on large images")
+    g.add_argument("--tile-overlap", type=float, default=None, metavar="F",
+                   help="fraction of SIZE shared by neighbouring tiles, in [0, 0.9] (default 0.2)")
+    g.add_argument("--tile-full-image", action="store_true",
+                   help="also run the whole image (resized as usual) and merge it in: large objects seen whole")
+    g.add_argument("--tile-merge", choices=["nms", "weighted"], default=None,
+                   help="merge duplicates by class-wise NMS (default) or score-weighted boxes")
+
+
+def tile_options(args: argparse.Namespace):
+    """`TileOptions` from the command line (checked: a UserError naming the option), or None without --tile;
+    a --tile-* option without --tile is refused."""
+    from ..errors import UserError
+    from ..predict.tiling import MIN_TILE, TileOptions
+
+    if args.tile is None:
+        given = [name for name, value in (("--tile-overlap", args.tile_overlap), ("--tile-merge", args.tile_merge),
+                                          ("--tile-full-image", args.tile_full_image or None)) if value is not None]
+        if given:
+            raise UserError(f"{given[0]} needs --tile SIZE")
+        return None
+    if args.tile < MIN_TILE:
+        raise UserError(f"--tile must be at least {MIN_TILE} pixels, got {args.tile}")
+    overlap = 0.2 if args.tile_overlap is None else args.tile_overlap
+    if not 0 <= overlap <= 0.9:
+        raise UserError(f"--tile-overlap must be a fraction in [0, 0.9], got {overlap}")
+    options = TileOptions(size=args.tile, overlap=overlap, full_image=args.tile_full_image,
+                          merge=args.tile_merge or "nms")
+    options.check()
+    return options
 
 
 def _positive_int(text: str) -> int:
@@ -74,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from .common import check_out_folder, resolve_device
 
     device = resolve_device(args.device)
+    tiles = tile_options(args)
     check_out_folder(args.out)
     sources = resolve_sources(args.inputs, args.out)  # paths only; a video without PyAV stops here
     check_output_folder(sources.local_files(), args.out, nested=True)  # before loading the model: refuse early
@@ -82,7 +122,14 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(model, cfg, device)
     items = progress(iter_items(sources.sources), "predict", sources.total, unit="img")
-    summary = predictor.predict_items(items, args.out, args.threshold, args.batch_size)
+    if tiles is None:
+        summary = predictor.predict_items(items, args.out, args.threshold, args.batch_size)
+    else:  # one image at a time, its tiles --batch-size at a time; boxes under the threshold are not merged
+        from ..predict.tiling import TiledPredictor
+        from ..predict.writer import write_predictions
+
+        tiled = TiledPredictor(predictor, tiles, batch_size=args.batch_size, min_score=args.threshold)
+        summary = write_predictions(tiled, predictor.names, items, args.out, args.threshold, batch_size=1)
     return _report(summary, sources.missing, args.threshold, args.out)
 
 

@@ -199,7 +199,8 @@ def merge_weighted(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float) ->
     the cluster becomes their score-weighted mean box with the cluster's highest score. Highest score first."""
     order = scores.argsort(descending=True)
     boxes, scores, labels = boxes[order].float(), scores[order], labels[order]
-    overlaps = (box_iou(boxes, boxes) >= iou) & (labels[:, None] == labels[None, :])
+    overlaps = (box_iou(boxes, boxes).nan_to_num(0.0) >= iou) & (labels[:, None] == labels[None, :])
+    overlaps.fill_diagonal_(True)  # a box of zero area (0 / 0 IoU) is its own cluster
     taken = torch.zeros(len(boxes), dtype=torch.bool)
     out_boxes, out_scores, out_labels = [], [], []
     for i in range(len(boxes)):
