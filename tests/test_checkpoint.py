@@ -287,6 +287,8 @@ MALFORMED = {
     "step_is_text": ({"step": "7"}, "resume", "'step' is '7', expected int"),
     "negative_epoch": ({"epoch": -1}, "resume", "'epoch' is -1"),
     "epoch_stats_list": ({"epoch_stats": [1, 2]}, "resume", "'epoch_stats' is not"),
+    "val_history_pairs_of_three": ({"val_history": [[1, 5.0, 2]]}, "resume", "'val_history' is not a list of"),
+    "val_history_text_ap": ({"val_history": [[1, "5.0"]]}, "resume", "'val_history' is not a list of [epoch, AP]"),
     "rng_not_a_list": ({"rng": {"torch": torch.get_rng_state()}}, "resume", "'rng' is not a non-empty list"),
     "rng_float_tensor": ({"rng": [{"torch": torch.zeros(4)}]}, "resume", "'rng'[0]['torch'] is not a uint8"),
     "rng_short_state": ({"rng": [{"torch": torch.zeros(4, dtype=torch.uint8)}]}, "resume", "bytes, not"),

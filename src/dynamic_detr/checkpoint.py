@@ -97,7 +97,8 @@ _COUNTERS: dict[str, tuple[type, ...]] = {
 
 def check_training_state(state: Mapping[str, Any], path: str | Path) -> None:
     """CheckpointError (one line naming `path`) unless `state` (from `load_checkpoint`) can resume training:
-    a valid config, an optimizer state, counters of the right types, well-formed epoch stats and RNG states."""
+    a valid config, an optimizer state, counters of the right types, well-formed epoch stats, AP history (early
+    stopping's record) and RNG states."""
     from .config import Config
     from .distributed import rng_states_problem
     from .errors import ConfigError
@@ -132,6 +133,12 @@ def check_training_state(state: Mapping[str, Any], path: str | Path) -> None:
             and _is_number(stats.get("seconds"), int | float)):
         raise CheckpointError(f"{path}: malformed checkpoint: 'epoch_stats' is not "
                               "{sums: {...}, count: int, skipped: int, seconds: float}")
+    history = state.get("val_history")
+    if "val_history" in state and not (
+            isinstance(history, list | tuple)
+            and all(isinstance(e, list | tuple) and len(e) == 2 and _is_number(e[0], int)
+                    and _is_number(e[1], int | float) for e in history)):
+        raise CheckpointError(f"{path}: malformed checkpoint: 'val_history' is not a list of [epoch, AP]")
     problem = rng_states_problem(state.get("rng")) if "rng" in state else None
     if problem is None and "rng_torch" in state and not _is_byte_tensor(state["rng_torch"]):
         problem = "'rng_torch' is not a uint8 tensor"

@@ -41,6 +41,10 @@ def test_presets_have_no_problem(name):
     (["train.amp=fp32"], r"train\.amp must be none\|bf16\|fp16"),
     (["train.eval_every=0"], r"train\.eval_every must be >= 1"),
     (["train.max_nonfinite_steps=0"], r"train\.max_nonfinite_steps must be >= 1"),
+    (["train.patience=-1"], r"train\.patience must be >= 0 \(epochs without an AP gain; 0 = off\), got -1"),
+    (["train.eval_every=5", "train.patience=2"], r"train\.patience \(2\) must be >= train\.eval_every \(5\)"),
+    (["train.min_delta=-0.5"], r"train\.min_delta must be a finite number >= 0 \(AP points\), got -0\.5"),
+    (["train.min_delta=.inf"], r"train\.min_delta must be a finite number >= 0"),
     (["train.epochs=0"], r"train\.epochs must be >= 1"),
     (["train.batch_size=0"], r"train\.batch_size must be >= 1"),
 ])
@@ -48,6 +52,13 @@ def test_bad_values_are_one_config_error_naming_the_field(overrides, match):
     with pytest.raises(ConfigError, match=match) as info:
         apply_overrides(get_preset("cpu_tiny"), overrides)
     assert str(info.value).startswith("overrides: ") and "\n" not in str(info.value)
+
+
+def test_early_stopping_values_that_are_accepted():
+    """patience 0 (off) whatever eval_every; a patience of eval_every or more; any finite min_delta >= 0."""
+    for overrides in (["train.eval_every=5"], ["train.eval_every=5", "train.patience=5"],
+                      ["train.patience=1", "train.min_delta=0.5"], ["train.patience=30", "train.min_delta=0"]):
+        assert config_problems(apply_overrides(get_preset("cpu_tiny"), overrides)) == []
 
 
 def test_checks_run_on_load_too(tmp_path):

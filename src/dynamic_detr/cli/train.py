@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue the run in --out (or the given run folder / checkpoint) where it stopped, "
                         "with its own config: overrides may change only train.epochs, eval_every, "
-                        "checkpoint_every, max_nonfinite_steps and data.num_workers")
+                        "checkpoint_every, max_nonfinite_steps, patience, min_delta and data.num_workers")
     p.add_argument("--weights", type=Path, metavar="CKPT",
                    help="fine-tune: start from a trained model (run folder, .pt, .safetensors or a "
                         "save_pretrained folder); tensors whose name and shape fit are loaded, class heads for "
@@ -78,4 +78,4 @@ def run(args: argparse.Namespace) -> int:
                   f"APs {result.metrics['APs']:.2f}  (metrics.json)")
     if result.status == "interrupted":
         return 130
-    return 1 if result.status.startswith("stopped") else 0
+    return 1 if result.status == "stopped: non-finite" else 0  # "stopped early" is a finished run

@@ -172,6 +172,18 @@ class TrainConfig:
     """Evaluate every N epochs (and always at the end). Source: ours."""
     max_nonfinite_steps: int = 20
     """Consecutive non-finite losses (skipped steps) before the run stops. Source: ours."""
+    patience: int = 0
+    """Early stopping (0 = off): end the run once its val AP has gained no more than `min_delta` for this many
+    epochs. Counted in epochs and checked at each evaluation, so it must be >= `eval_every` (with evaluations
+    every k epochs the run stops at the first one `patience` or more epochs after the last gain). The run ends as
+    a finished one (last.pt, best.pt, metrics.json); a resume of a run that stopped so trains on only with a
+    larger patience. A resumed run may change it. Source: Ultralytics' `patience` (epochs without improvement;
+    on by default there, at 100), RF-DETR's early stopping (off by default, as here)."""
+    min_delta: float = 0.0
+    """Early stopping: the AP gain, in AP points (0-100), that an evaluation needs over the last gaining one to
+    restart the `patience` count; an AP no higher than that is no gain (with 0, an equal AP is none). A resumed
+    run may change it. Source: Keras' EarlyStopping `min_delta`, RF-DETR's `early_stopping_min_delta` (0.001 of
+    mAP in [0, 1], i.e. 0.1 AP points)."""
     sync_bn: bool = True
     """Multi-GPU with trainable BN (random init): synchronise BN statistics across GPUs (SyncBatchNorm is
     CUDA-only; CPU processes keep per-process statistics). Source: ours."""

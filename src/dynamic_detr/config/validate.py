@@ -8,6 +8,7 @@ system), `train.amp=fp16` (CUDA), a checkpoint's shapes, a dataset's categories.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -98,6 +99,13 @@ def train_problems(t: TrainConfig) -> Iterator[str]:
         yield "train.eval_every must be >= 1 (the last epoch is always evaluated)"
     if t.max_nonfinite_steps < 1:
         yield "train.max_nonfinite_steps must be >= 1"
+    if t.patience < 0:
+        yield f"train.patience must be >= 0 (epochs without an AP gain; 0 = off), got {t.patience}"
+    elif 0 < t.patience < t.eval_every:
+        yield (f"train.patience ({t.patience}) must be >= train.eval_every ({t.eval_every}): patience counts epochs "
+               "and AP is measured every eval_every epochs (or set train.patience=0, off)")
+    if not (math.isfinite(t.min_delta) and t.min_delta >= 0.0):
+        yield f"train.min_delta must be a finite number >= 0 (AP points), got {t.min_delta}"
     if t.epochs < 1:
         yield "train.epochs must be >= 1"
 

@@ -94,10 +94,10 @@ def save(trainer: Trainer, best: bool = False) -> None:
 
 
 RESUME_OVERRIDABLE = ("train.epochs", "train.eval_every", "train.checkpoint_every", "train.max_nonfinite_steps",
-                      "data.num_workers")
-"""Config keys that a resumed run takes from the command line: the budget, how often to evaluate and checkpoint,
-the non-finite patience, the loader's workers. Any other change (model, data geometry, optimisation, batch size,
-seed) would make a different run from the checkpointed one."""
+                      "train.patience", "train.min_delta", "data.num_workers")
+"""Config keys that a resumed run takes from the command line: the budget and when to stop early, how often to
+evaluate and checkpoint, the non-finite patience, the loader's workers. Any other change (model, data geometry,
+optimisation, batch size, seed) would make a different run from the checkpointed one."""
 
 
 def resume_config(saved: Config, overrides: Sequence[str]) -> tuple[Config, list[str]]:

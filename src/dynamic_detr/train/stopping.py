@@ -1,4 +1,5 @@
-"""Stopping a run: SIGINT / SIGTERM requests, the loader's workers dying of them, the time budget.
+"""Stopping a run: SIGINT / SIGTERM requests, the loader's workers dying of them, the time budget (early
+stopping on the val AP: early_stopping.py).
 
 A request stops the loop after the current step (or evaluation) and the trainer writes a checkpoint; a
 distributed run shares the decision through `distributed.any_rank` at step boundaries.

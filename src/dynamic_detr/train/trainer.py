@@ -1,15 +1,16 @@
 """The training loop: AdamW (separate backbone lr), warm-up + step schedule, clipping, accumulation, AMP,
-EMA, epoch and time budgets, checkpoint/resume, evaluation, and the run folder.
+EMA, epoch and time budgets, early stopping, checkpoint/resume, evaluation, and the run folder.
 
     run/config.yaml          resolved config (num_classes and category ids filled from the dataset)
     run/results.csv          one row per epoch: every loss term, lr, time, val AP..APl, the dynamic encoder's gates,
-                             scale attention and offsets (`DynamicEncoder.stats`)
+                             scale attention and offsets (`DynamicEncoder.stats`); with train.patience, the
+                             evaluated epochs' epochs_without_gain (early_stopping.py)
     run/tensorboard/         TensorBoard events
     run/last.pt, best.pt     full training state (atomic writes; `weights_only` loadable)
     run/weights/last.safetensors, best.safetensors   model weights (+ config in the metadata)
     run/plots/               loss.png, ap.png, val_predictions.png, and at the end the error analysis of the last
                              evaluation (evaluate/analysis.py): pr_curves, confusion_matrix, errors, val_gt_vs_pred
-    run/metrics.json         final COCO evaluation
+    run/metrics.json         final COCO evaluation (and `stopped_early`: why, when early stopping ended the run)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..fileio import remove_stale_temp_files
 from ..model import DynamicDETR
 from ..model.loading import read_trained, transfer_weights
 from ..objective.criterion import SetCriterion
+from .early_stopping import Plateau, can_stop, plateau, stopped_line
 from .loop import close_epoch, train_one_epoch
 from .optim import Optimization
 from .report import RunReport
@@ -48,13 +50,15 @@ class TrainResult:
     metrics: dict[str, Any] | None
     epochs_done: int
     status: str
-    """"finished", "time budget", "interrupted" or "stopped: non-finite"."""
+    """"finished", "time budget", "stopped early" (`train.patience`: no AP gain; a finished run too),
+    "interrupted" or "stopped: non-finite"."""
 
 
 class Trainer:
     """Train `cfg` on the COCO-format dataset at `data` and write everything to `out`.
 
-    `epochs` / `minutes`: the budget (either or both; the run stops at whichever comes first).
+    `epochs` / `minutes`: the budget (either or both; the run stops at whichever comes first), and with
+    `train.patience` early stopping (early_stopping.py) when the val AP stops improving.
     `resume`: continue from `out/last.pt` (or from the given checkpoint / run folder) with the run's own config;
     `overrides` (the command line's `key=value`s) then change only what `RESUME_OVERRIDABLE` lists.
     `weights`: start from a trained model's weights (run folder, .pt, .safetensors or `save_pretrained` folder;
@@ -103,8 +107,15 @@ class Trainer:
                           f"epoch: each epoch takes one optimizer step, over its {n_batches} batches",
                           UserWarning, stacklevel=2)
         self._build_model()
+        t = cfg.train
+        if t.patience and not can_stop(t.patience, t.eval_every, t.epochs) and self.dist.is_main:
+            warnings.warn(f"train.patience={t.patience} cannot end this run early: of its {t.epochs} epochs, "
+                          f"evaluated every {t.eval_every}, none before the last is evaluated {t.patience} "
+                          "epochs after the first evaluation", UserWarning, stacklevel=2)
         self.state = {"epoch": 0, "epoch_samples": 0, "step": 0, "elapsed": 0.0, "best_ap": -1.0,
-                      "nonfinite_total": 0, "epoch_stats": new_epoch_stats()}
+                      "nonfinite_total": 0, "epoch_stats": new_epoch_stats(), "val_history": []}
+        """`val_history`: [epoch, AP] of each evaluation, early stopping's record (a checkpoint from before it
+        has none: counting starts at the resume)."""
         self.resumed = resume_state is not None
         if resume_state is not None:
             load_state(self, resume_state)
@@ -200,6 +211,23 @@ class Trainer:
     def out_of_time(self) -> bool:
         return out_of_time(self.minutes, self.state["elapsed"])
 
+    def plateau(self) -> Plateau | None:
+        """Early stopping's view of the run's val AP so far (the same on every rank: `end_epoch` broadcasts it)."""
+        t = self.cfg.train
+        return plateau(self.state["val_history"], t.patience, t.min_delta)
+
+    def _already_stopped(self) -> bool:
+        """A resumed run whose AP history already meets its `train.patience` (it stopped early, and the resume
+        did not raise the patience): nothing to train. Says so on rank 0."""
+        p = self.plateau() if self.resumed else None
+        if p is None or not p.stop or self.state["epoch"] >= self.cfg.train.epochs:
+            return False
+        if self.dist.is_main:
+            print(f"{self.out}: {stopped_line(p, self.cfg.train.min_delta)}; with train.patience="
+                  f"{self.cfg.train.patience} there is nothing to train (a larger train.patience, or 0 = off, "
+                  f"trains on)", flush=True)
+        return True
+
     def fit(self) -> TrainResult:
         t = self.cfg.train
         if self.dist.is_main:
@@ -209,9 +237,11 @@ class Trainer:
                 remove_stale_temp_files(self.out / name)  # left by a run killed while writing them
         if self.resumed and self.dist.is_main:
             print(f"resuming {self.out} at epoch {self.state['epoch'] + 1}, step {self.state['step']}", flush=True)
-        status = "finished"
+        already_stopped = self._already_stopped()
+        status = "stopped early" if already_stopped else "finished"
+        stopped_early: Plateau | None = None
         with StopFlag() as stop:
-            while self.state["epoch"] < t.epochs:
+            while not already_stopped and self.state["epoch"] < t.epochs:
                 status = train_one_epoch(self, stop)
                 if status not in ("epoch done", "time budget mid-epoch"):
                     break
@@ -229,6 +259,13 @@ class Trainer:
                     status = "interrupted"
                     break
                 end_epoch(self, metrics)
+                p = self.plateau()
+                # p.epoch == epoch: this epoch was evaluated (known on every rank; only rank 0 holds `metrics`)
+                if p is not None and p.stop and p.epoch == epoch < t.epochs:
+                    stopped_early, status = p, "stopped early"
+                    if self.dist.is_main:
+                        print(stopped_line(p, t.min_delta), flush=True)
+                    break
                 if self.out_of_time():
                     status = "time budget"
                     break
@@ -239,7 +276,8 @@ class Trainer:
             if status in ("interrupted", "stopped: non-finite"):
                 stop.announce()
                 save(self)
-        metrics = write_final_metrics(self) if status in ("finished", "time budget") else None
+        metrics = (write_final_metrics(self, stopped_early)
+                   if status in ("finished", "time budget", "stopped early") else None)
         if metrics is not None:
             write_analysis(self)
         if self.report is not None:

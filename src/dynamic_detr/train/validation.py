@@ -15,6 +15,7 @@ from ..evaluate.inference import evaluate_model
 from ..evaluate.metrics import AP_NAMES, metrics_json
 from ..fileio import atomic_write_json
 from ..visualize import dataset_images, draw_detections, save_grid
+from .early_stopping import Plateau
 from .state import new_epoch_stats, save
 from .stopping import EvalInterrupted, StopAwareLoader, StopFlag
 
@@ -55,19 +56,22 @@ def evaluate(trainer: Trainer, stop: StopFlag | None = None) -> dict[str, Any] |
 
 
 def end_epoch(trainer: Trainer, metrics: dict[str, Any] | None) -> None:
-    """Close the epoch: mean losses over ranks, best AP, its results.csv row and printed line, then the checkpoint.
-    The row comes first, so that whatever a checkpoint says is done is in the run's records: a kill between the
-    two leaves a row that the resumed run, re-doing the epoch's end, replaces."""
+    """Close the epoch: mean losses over ranks, best AP and AP history, its results.csv row and printed line, then
+    the checkpoint. The row comes first, so that whatever a checkpoint says is done is in the run's records: a
+    kill between the two leaves a row that the resumed run, re-doing the epoch's end, replaces."""
     sums, count, skipped, seconds, lr = trainer.epoch_sums
     trainer.state["epoch_stats"] = new_epoch_stats()
     mean = {k: v / max(count, 1) for k, v in sums.items()}
     mean = dist_utils.all_reduce_mean(mean, trainer.device)
+    # rank 0 evaluated: every rank takes its AP, so the best AP and the early-stopping history (checkpointed)
+    # are the same everywhere and every rank decides the same way
+    ap = dist_utils.broadcast_object(metrics["AP"] if metrics is not None else None)
     best = False
-    if metrics is not None and metrics["AP"] > trainer.state["best_ap"]:
-        trainer.state["best_ap"] = metrics["AP"]
-        best = True
-    trainer.state["best_ap"] = dist_utils.broadcast_object(trainer.state["best_ap"])
-    best = dist_utils.broadcast_object(best)
+    if ap is not None:
+        trainer.state["val_history"] = [*trainer.state["val_history"], [trainer.state["epoch"], ap]]
+        if ap > trainer.state["best_ap"]:
+            trainer.state["best_ap"] = ap
+            best = True
     if trainer.dist.is_main:
         _write_row(trainer, metrics, mean, skipped, seconds, lr)
     save(trainer, best=best)
@@ -86,6 +90,9 @@ def _write_row(trainer: Trainer, metrics: dict[str, Any] | None, mean: dict[str,
         row.update({k: round(metrics[k], 2) for k in AP_NAMES})
         for k, v in metrics.get("raw", {}).items():
             row[f"raw_{k}"] = round(v, 2)
+        if trainer.cfg.train.patience:
+            p = trainer.plateau()
+            row["epochs_without_gain"] = p.epochs_without_gain if p is not None else 0
         draw_val_predictions(trainer)
     assert trainer.report is not None
     trainer.report.add_epoch(row, plot=metrics is not None)
@@ -112,13 +119,19 @@ def draw_val_predictions(trainer: Trainer, n: int = 8) -> None:
         save_grid(tiles, trainer.out / "plots" / "val_predictions.png")
 
 
-def write_final_metrics(trainer: Trainer) -> dict[str, Any] | None:
-    """metrics.json: the last evaluation of the run (EMA weights when EMA is on)."""
+def write_final_metrics(trainer: Trainer, stopped_early: Plateau | None = None) -> dict[str, Any] | None:
+    """metrics.json: the last evaluation of the run (EMA weights when EMA is on); with `stopped_early`, why the
+    run ended before its last epoch."""
     metrics = trainer.last_metrics
     if not trainer.dist.is_main or metrics is None:
         return metrics
     data = metrics_json(metrics)
     data.update(epoch=trainer.state["epoch"], step=trainer.state["step"], weights="ema" if trainer.optim.ema else "raw")
+    if stopped_early is not None:
+        t = trainer.cfg.train
+        data["stopped_early"] = {"epoch": stopped_early.epoch, "patience": t.patience, "min_delta": t.min_delta,
+                                 "epochs_without_gain": stopped_early.epochs_without_gain,
+                                 "best_AP": stopped_early.best_ap, "best_epoch": stopped_early.best_epoch}
     atomic_write_json(trainer.out / "metrics.json", data)
     return data
 
