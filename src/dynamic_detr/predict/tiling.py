@@ -196,25 +196,30 @@ def merge_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float) -> tupl
 
 def merge_weighted(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float) -> tuple[Tensor, Tensor, Tensor]:
     """Score-weighted merge: the highest-scoring box left takes every box of its class with IoU >= `iou` to it;
-    the cluster becomes their score-weighted mean box with the cluster's highest score. Highest score first."""
-    order = scores.argsort(descending=True)
-    boxes, scores, labels = boxes[order].float(), scores[order], labels[order]
-    overlaps = (box_iou(boxes, boxes).nan_to_num(0.0) >= iou) & (labels[:, None] == labels[None, :])
-    overlaps.fill_diagonal_(True)  # a box of zero area (0 / 0 IoU) is its own cluster
-    taken = torch.zeros(len(boxes), dtype=torch.bool)
+    the cluster becomes their score-weighted mean box with the cluster's highest score. Highest score first.
+    Memory grows with the number of boxes (one row of IoUs at a time), not with its square."""
     out_boxes, out_scores, out_labels = [], [], []
-    for i in range(len(boxes)):
-        if taken[i]:
-            continue
-        cluster = torch.nonzero(overlaps[i] & ~taken).flatten()
-        taken[cluster] = True
-        weights = scores[cluster].float().clamp(min=1e-6)
-        out_boxes.append((boxes[cluster] * weights[:, None]).sum(0) / weights.sum())
-        out_scores.append(scores[i])
-        out_labels.append(labels[i])
+    for label in labels.unique().tolist():
+        idx = torch.nonzero(labels == label).flatten()
+        idx = idx[scores[idx].argsort(descending=True)]
+        cls_boxes, cls_scores = boxes[idx].float(), scores[idx]
+        left = torch.ones(len(idx), dtype=torch.bool)
+        for i in range(len(idx)):
+            if not left[i]:
+                continue
+            overlap = box_iou(cls_boxes[i:i + 1], cls_boxes)[0].nan_to_num(0.0) >= iou
+            overlap[i] = True  # a box of zero area (0 / 0 IoU) is its own cluster
+            cluster = torch.nonzero(overlap & left).flatten()
+            left[cluster] = False
+            weights = cls_scores[cluster].float().clamp(min=1e-6)
+            out_boxes.append((cls_boxes[cluster] * weights[:, None]).sum(0) / weights.sum())
+            out_scores.append(cls_scores[i])
+            out_labels.append(labels[idx[i]])
     if not out_boxes:
         return boxes, scores, labels
-    return torch.stack(out_boxes), torch.stack(out_scores), torch.stack(out_labels)
+    merged_scores = torch.stack(out_scores)
+    order = merged_scores.argsort(descending=True)
+    return torch.stack(out_boxes)[order], merged_scores[order], torch.stack(out_labels)[order]
 
 
 def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, cut: Tensor, windows: Tensor, merge: str,
