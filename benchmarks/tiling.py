@@ -147,17 +147,20 @@ def make_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
 
 
 # ------------------------------------------------------------------------------------------------ train, eval
-def train(args: argparse.Namespace, data: Path, run: Path) -> None:
+def train(args: argparse.Namespace, data: Path, run: Path) -> str:
+    """Train in `run` (or reuse it with --reuse-model); how the run ended (`TrainResult.status`)."""
     if args.reuse_model and (run / "weights").is_dir():
         print(f"reusing the model in {run}", flush=True)
-        return
+        return "reused"
     cfg = common.make_config(args.preset, [*args.override, "data.num_workers=0",
                                            f"train.epochs={args.epochs}"])
     print(f"training {args.preset} on {data} for {args.minutes} min (at most {args.epochs} epochs) in {run}",
           flush=True)
     result = Trainer(cfg, data, run, minutes=args.minutes, overwrite=True, progress=False).fit()
-    if result.status not in ("finished", "stopped early"):
+    if result.status not in ("finished", "time budget", "stopped early"):
         raise SystemExit(f"{run}: training ended with status {result.status!r}")
+    print(f"training ended: {result.status}", flush=True)
+    return result.status
 
 
 class Timed:
@@ -234,8 +237,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="smoke run: cpu_tiny, 384-512 px canvases, 128 px crops and tiles, seconds of training")
     args = p.parse_args(argv)
     if args.quick:
-        args.preset, args.minutes, args.epochs, args.canvas, args.crop, args.tile = "cpu_tiny", 0.05, 1, [384, 512], \
-            128, 128
+        args.preset, args.minutes, args.canvas, args.crop, args.tile = "cpu_tiny", 0.05, [384, 512], 128, 128
         args.train_canvases, args.crops_per_canvas, args.val_canvases = 2, 4, 2
     return args
 
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work / ("tiling_quick" if args.quick else "tiling")
     crops, canvases = make_data(args, work)
     run = work / f"run_{args.preset}"
-    train(args, crops, run)
+    status = train(args, crops, run)
     model, cfg = load_model(run, torch.device("cpu"))
     predictor = Predictor(model, cfg, torch.device("cpu"))
     results = {}
@@ -258,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     val = json.loads((canvases / "annotations" / "instances_val.json").read_text())
     history = (run / "results.csv").read_text().strip().splitlines()[1:] if (run / "results.csv").exists() else []
     report = {"setup": {"preset": args.preset, "override": args.override, "minutes": args.minutes,
-                        "epochs_done": len(history), "canvas": args.canvas, "objects": args.objects,
-                        "density": args.density, "crop": args.crop, "train_canvases": args.train_canvases,
+                        "train_status": status, "epochs_done": len(history), "canvas": args.canvas,
+                        "objects": args.objects, "density": args.density, "crop": args.crop,
+                        "train_canvases": args.train_canvases,
                         "train_crops": len(json.loads((crops / "annotations" / "instances_train.json")
                                                       .read_text())["images"]),
                         "val_canvases": args.val_canvases, "val_objects": len(val["annotations"]),

@@ -21,7 +21,8 @@ def test_tiling_quick(tmp_path):
     for r in report["results"].values():
         assert r["AP"] is not None and r["sec_per_image"] > 0 and r["detections"] > 0
     s = report["setup"]
-    assert s["val_canvases"] == 2 and s["val_objects"] > 0 and s["train_crops"] == 8 and s["epochs_done"] == 1
+    assert s["train_status"] == "time budget"  # 3 s of training end the run, as --minutes ends the full one
+    assert s["val_canvases"] == 2 and s["val_objects"] > 0 and s["train_crops"] == 8 and s["epochs_done"] >= 1
     crops = next(work.glob("tiling_quick/crops_*"))
     train = json.loads((crops / "annotations" / "instances_train.json").read_text())
     assert all(a["bbox"][0] >= 0 and a["bbox"][0] + a["bbox"][2] <= 128 for a in train["annotations"])
