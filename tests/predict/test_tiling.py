@@ -194,7 +194,7 @@ def _by_hand(predictor, image: torch.Tensor, options: TileOptions, top_k: int) -
         parts.append((boxes, r["scores"], r["labels"], cut_flags(boxes, (x0, y0, x1, y1), (h, w), 2.56),
                       _t([(x0, y0, x1, y1)]).expand(len(boxes), 4)))
     return merge_detections(*(torch.cat(p) for p in zip(*parts, strict=True)), merge=options.merge,
-                            iou=options.iou, top_k=top_k)
+                            iou=options.iou, top_k=top_k, margin=2.56)
 
 
 def _check_tiled(predictor, image: torch.Tensor, options: TileOptions) -> None:
@@ -271,3 +271,47 @@ def test_weighted_merge_of_empty_boxes():
     boxes, _, _ = tiling.merge_weighted(_t([[0, 0, 128, 0], [0, 0, 128, 0], [5, 5, 9, 9]]),
                                         torch.tensor([0.5, 0.4, 0.3]), torch.tensor([1, 1, 1]), 0.5)
     assert not boxes.isnan().any() and len(boxes) == 3
+
+
+class OraclePredictor:
+    """Sees exactly the ground truth: each crop's boxes clipped to it (a cut object is seen in part), in crop
+    pixels. Crops are told apart by their data pointer's offset into the image."""
+
+    def __init__(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor) -> None:
+        self.image, self.boxes, self.labels = image, boxes, labels
+        self.scores = torch.linspace(0.9, 0.5, len(boxes))
+
+    def __call__(self, crops: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for crop in crops:
+            offset = (crop.data_ptr() - self.image.data_ptr()) // crop.element_size()
+            y0, x0 = divmod(offset, self.image.shape[-1])
+            h, w = crop.shape[-2:]
+            clipped = torch.stack([self.boxes[:, 0].clamp(x0, x0 + w), self.boxes[:, 1].clamp(y0, y0 + h),
+                                   self.boxes[:, 2].clamp(x0, x0 + w), self.boxes[:, 3].clamp(y0, y0 + h)], 1)
+            seen = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+            out.append({"boxes": clipped[seen] - torch.tensor([x0, y0, x0, y0]), "scores": self.scores[seen],
+                        "labels": self.labels[seen]})
+        return out
+
+
+@pytest.mark.parametrize("overlap, sides", [(0.2, (8, 40)), (0.0, (8, 40)), (0.2, (60, 150))])
+@pytest.mark.parametrize("merge", ["nms", "weighted"])
+def test_oracle_gives_back_every_object_once(overlap, sides, merge):
+    """Objects on a jittered grid of a 1,000 x 800 image, tiles of 256: with overlap every small object is whole in
+    some tile (the cut views lose); without overlap, and for objects larger than the overlap, the cut parts join.
+    Either way each object comes back once, with its own box."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.zeros(3, 800, 1000, dtype=torch.uint8)
+    step = sides[1] + 30
+    xs, ys = torch.meshgrid(torch.arange(5, 1000 - step, step), torch.arange(5, 800 - step, step), indexing="xy")
+    n = xs.numel()
+    wh = torch.randint(sides[0], sides[1] + 1, (n, 2), generator=g)
+    x0 = xs.flatten() + torch.randint(0, 25, (n,), generator=g)
+    y0 = ys.flatten() + torch.randint(0, 25, (n,), generator=g)
+    boxes = torch.stack([x0, y0, x0 + wh[:, 0], y0 + wh[:, 1]], 1).float()
+    labels = torch.randint(1, 4, (n,), generator=g)
+    oracle = OraclePredictor(image, boxes, labels)
+    res = TiledPredictor(oracle, TileOptions(256, overlap=overlap, merge=merge), top_k=1000)([image])[0]
+    got = sorted(zip(res["boxes"].round(decimals=3).tolist(), res["labels"].tolist(), strict=True))
+    assert got == sorted(zip(boxes.tolist(), labels.tolist(), strict=True))

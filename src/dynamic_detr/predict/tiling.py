@@ -10,7 +10,8 @@ was seen in, or the whole image):
 2. `resolve_cuts`: a cut box loses to a box of the same class from another window that is not cut and covers the
    same object; two cut boxes of the same class from different windows that cover the same object (a large object
    no tile sees whole) are joined into one box (their union, the higher score). "The same object" is measured
-   inside the region both windows see (`shared_iou`): both boxes clipped to it, their IoU at least `iou`.
+   inside the region both windows see (`shared_iou`): both boxes clipped to it, their IoU at least `iou` (tiles
+   that only abut: the IoU of the extents along their common edge of boxes that reach it).
 3. `merge_nms` (class-wise, torchvision's `batched_nms`) or `merge_weighted` (each cluster of same-class boxes
    over `iou` becomes their score-weighted mean box, with the cluster's highest score).
 4. The image's top-k by score, after merging: the model's query count caps a tile, not the image.
@@ -117,28 +118,45 @@ def cut_flags(boxes: Tensor, window: tuple[int, int, int, int], image_size: tupl
     return cut
 
 
-def shared_iou(boxes_a: Tensor, window_a: Tensor, boxes_b: Tensor, window_b: Tensor) -> Tensor:
+def shared_iou(boxes_a: Tensor, window_a: Tensor, boxes_b: Tensor, window_b: Tensor, margin: float = 2.0) -> Tensor:
     """[Na, Nb] IoU of boxes seen in two windows, both clipped to the region the two windows share: what both
-    views saw of an object agrees there, even when one view cut it. 0 where a clipped box is empty."""
+    views saw of an object agrees there, even when one view cut it. 0 where a clipped box is empty.
+
+    Windows that only abut (overlap 0: the region is a line) share no area: there, two boxes that both reach the
+    line (within `margin` pixels) are compared by the IoU of their extents along it."""
     region = torch.cat([torch.maximum(window_a[:2], window_b[:2]), torch.minimum(window_a[2:], window_b[2:])])
-    if region[2] <= region[0] or region[3] <= region[1]:
+    width, height = float(region[2] - region[0]), float(region[3] - region[1])
+    if width > 0 and height > 0:
+        a, b = _clip(boxes_a, region), _clip(boxes_b, region)
+        lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+        rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)
+        area_a, area_b = _area(a), _area(b)
+        union = area_a[:, None] + area_b[None, :] - inter
+        return inter / union.clamp(min=1e-6) * (area_a[:, None] > 0) * (area_b[None, :] > 0)
+    if (width == 0) == (height == 0) or min(width, height) < 0:  # apart, or meeting at a corner
         return torch.zeros(len(boxes_a), len(boxes_b))
-    a, b = _clip(boxes_a, region), _clip(boxes_b, region)
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a, area_b = _area(a), _area(b)
-    union = area_a[:, None] + area_b[None, :] - inter
-    iou = inter / union.clamp(min=1e-6)
-    return iou * (area_a[:, None] > 0) * (area_b[None, :] > 0)
+    across, along = (0, 1) if width == 0 else (1, 0)  # the line is x = region[0] (width 0) or y = region[1]
+    line = float(region[across])
+
+    def reach(boxes: Tensor) -> Tensor:
+        return (boxes[:, across] <= line + margin) & (boxes[:, across + 2] >= line - margin)
+
+    lo, hi = float(region[along]), float(region[along + 2])
+    a0, a1 = boxes_a[:, along].clamp(lo, hi), boxes_a[:, along + 2].clamp(lo, hi)
+    b0, b1 = boxes_b[:, along].clamp(lo, hi), boxes_b[:, along + 2].clamp(lo, hi)
+    inter = (torch.minimum(a1[:, None], b1[None, :]) - torch.maximum(a0[:, None], b0[None, :])).clamp(min=0)
+    union = (a1 - a0)[:, None] + (b1 - b0)[None, :] - inter
+    return inter / union.clamp(min=1e-6) * reach(boxes_a)[:, None] * reach(boxes_b)[None, :]
 
 
 def resolve_cuts(boxes: Tensor, scores: Tensor, labels: Tensor, cut: Tensor, windows: Tensor,
-                 iou: float) -> tuple[Tensor, Tensor, Tensor]:
+                 iou: float, margin: float = 2.0) -> tuple[Tensor, Tensor, Tensor]:
     """Cut boxes (`cut_flags`) settled against the other windows' views (see the module docstring, step 2).
 
     Args: boxes [N, 4] xyxy image pixels, scores [N], labels [N], cut [N] bool, windows [N, 4] each box's window
-    (x0, y0, x1, y1); iou: the shared-region IoU at which two boxes are one object.
+    (x0, y0, x1, y1); iou: the shared-region IoU at which two boxes are one object; margin: how near (pixels) a box
+    must come to the line between two abutting windows to be compared across it (`shared_iou`).
     Returns boxes, scores, labels with the cut boxes that lost removed and each group of joined fragments
     replaced by one box; the order of the untouched boxes is kept, joined boxes come last."""
     n = len(boxes)
@@ -146,7 +164,10 @@ def resolve_cuts(boxes: Tensor, scores: Tensor, labels: Tensor, cut: Tensor, win
         return boxes, scores, labels
     uniq, which = torch.unique(windows, dim=0, return_inverse=True)
     members = [torch.nonzero(which == k).flatten() for k in range(len(uniq))]
-    touching = box_iou(uniq.float(), uniq.float()) > 0  # windows that share a region
+    lt = torch.maximum(uniq[:, None, :2], uniq[None, :, :2])
+    rb = torch.minimum(uniq[:, None, 2:], uniq[None, :, 2:])
+    side = rb - lt
+    touching = (side >= 0).all(-1) & (side > 0).any(-1)  # windows that share a region or abut along an edge
     lost = torch.zeros(n, dtype=torch.bool)
     parent = list(range(n))  # union-find over cut fragments
 
@@ -165,7 +186,7 @@ def resolve_cuts(boxes: Tensor, scores: Tensor, labels: Tensor, cut: Tensor, win
             if b == a:
                 continue
             ib = members[b]
-            same = (shared_iou(boxes[cut_a], uniq[a].float(), boxes[ib], uniq[b].float()) >= iou) \
+            same = (shared_iou(boxes[cut_a], uniq[a].float(), boxes[ib], uniq[b].float(), margin) >= iou) \
                 & (labels[cut_a][:, None] == labels[ib][None, :])
             whole = same & ~cut[ib][None, :]
             lost[cut_a[whole.any(1)]] = True
@@ -223,9 +244,9 @@ def merge_weighted(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float) ->
 
 
 def merge_detections(boxes: Tensor, scores: Tensor, labels: Tensor, cut: Tensor, windows: Tensor, merge: str,
-                     iou: float, top_k: int) -> dict[str, Tensor]:
+                     iou: float, top_k: int, margin: float = 2.0) -> dict[str, Tensor]:
     """Steps 2-4 of the module docstring: cut boxes settled, duplicates merged, the top-k by score."""
-    boxes, scores, labels = resolve_cuts(boxes, scores, labels, cut, windows, iou)
+    boxes, scores, labels = resolve_cuts(boxes, scores, labels, cut, windows, iou, margin)
     boxes, scores, labels = (merge_nms if merge == "nms" else merge_weighted)(boxes, scores, labels, iou)
     order = scores.argsort(descending=True)[:top_k]
     return {"boxes": boxes[order], "scores": scores[order], "labels": labels[order]}
@@ -293,7 +314,7 @@ class TiledPredictor:
             for res, window in zip(self.predictor(crops), windows, strict=True):
                 add(res, window, whole=False)
         merged = merge_detections(*(torch.cat(parts[k]) for k in ("boxes", "scores", "labels", "cut", "windows")),
-                                  merge=self.options.merge, iou=self.options.iou, top_k=self.top_k)
+                                  merge=self.options.merge, iou=self.options.iou, top_k=self.top_k, margin=margin)
         size = torch.tensor([w, h, w, h], dtype=torch.float32)
         merged["boxes"] = torch.minimum(merged["boxes"].clamp(min=0), size)
         return merged
