@@ -163,11 +163,7 @@ def resolve_cuts(boxes: Tensor, scores: Tensor, labels: Tensor, cut: Tensor, win
     if n == 0 or not bool(cut.any()):
         return boxes, scores, labels
     uniq, which = torch.unique(windows, dim=0, return_inverse=True)
-    members = [torch.nonzero(which == k).flatten() for k in range(len(uniq))]
-    lt = torch.maximum(uniq[:, None, :2], uniq[None, :, :2])
-    rb = torch.minimum(uniq[:, None, 2:], uniq[None, :, 2:])
-    side = rb - lt
-    touching = (side >= 0).all(-1) & (side > 0).any(-1)  # windows that share a region or abut along an edge
+    members = torch.split(which.argsort(stable=True), torch.bincount(which, minlength=len(uniq)).tolist())
     lost = torch.zeros(n, dtype=torch.bool)
     parent = list(range(n))  # union-find over cut fragments
 
@@ -182,7 +178,9 @@ def resolve_cuts(boxes: Tensor, scores: Tensor, labels: Tensor, cut: Tensor, win
         cut_a = ia[cut[ia]]
         if len(cut_a) == 0:
             continue
-        for b in torch.nonzero(touching[a]).flatten().tolist():
+        side = torch.minimum(uniq[a, 2:], uniq[:, 2:]) - torch.maximum(uniq[a, :2], uniq[:, :2])
+        touching = (side >= 0).all(-1) & (side > 0).any(-1)  # windows sharing a region or abutting along an edge
+        for b in torch.nonzero(touching).flatten().tolist():
             if b == a:
                 continue
             ib = members[b]
