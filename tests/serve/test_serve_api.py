@@ -43,7 +43,9 @@ def _assert_good(server: str) -> None:
 
 
 def test_health_and_model(server):
-    assert get(f"{server}/health").json() == {"status": "ok", "in_flight": 0, "waiting": 0}
+    health = get(f"{server}/health").json()
+    assert {k: health[k] for k in ("status", "in_flight", "waiting")} == {"status": "ok", "in_flight": 0, "waiting": 0}
+    assert all(int(size) >= 1 and n >= 1 for size, n in health["batches"].items())
     info = get(f"{server}/v1/model").json()
     assert info["classes"] == [{"id": 3, "name": "square"}, {"id": 7, "name": "disc"}]
     assert (info["runtime"], info["preset"], info["checkpoint"]) == ("pytorch", "cpu_tiny", "tiny")
@@ -136,6 +138,14 @@ def test_too_large_is_refused_before_its_body_arrives(server):
     head = (f"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {2 * 10**9}")
     status, _, body = raw_request(server, head, b"\x89PNG" * 10, timeout=10)
     assert status == 413 and "Content-Length 2000000000" in json.loads(body)["error"]
+    _assert_good(server)
+
+
+def test_a_client_that_sends_its_whole_body_first_reads_the_413(server):
+    """urllib writes all 8 MB before reading: the server reads them (and drops them) before it answers, so the
+    client gets the 413, not a connection reset halfway through its upload."""
+    answer = post_raw(server, bytes(8 * 10**6))
+    assert answer.status == 413 and "upload limit" in answer.json()["error"]
     _assert_good(server)
 
 

@@ -31,6 +31,7 @@ def test_requests_that_arrive_together_share_a_batch():
         rest = [pool.submit(post_image, url, png(w, h, seed=i), threshold=0.0) for i, (w, h) in enumerate(sizes)]
         answers = [f.result() for f in rest]
         assert first.result().status == 200
+        assert get(f"{url}/health").json()["batches"] == {"1": 1, "6": 1}
     assert fake.batch_sizes == [1, 6]
     for (w, h), answer in zip(sizes, answers, strict=True):
         record = answer.json()

@@ -1,7 +1,7 @@
 """The HTTP application: routes, admission, answers. Starlette (ASGI), run by uvicorn (`serve/server.py`).
 
     GET  /            the web page (`page.html`): drop or pick an image, see its boxes, a threshold slider
-    GET  /health      {"status": "ok", "in_flight": n, "waiting": n}
+    GET  /health      {"status": "ok", "in_flight": n, "waiting": n, "batches": {batch size: how many run}}
     GET  /v1/model    classes, eval sizes, preset, runtime, and the server's limits
     POST /v1/detect   an image (`serve/request.py`) -> `predict`'s JSON of one image
 
@@ -116,7 +116,9 @@ def build_app(service: DetectionService, options: ServeOptions) -> Starlette:
         return HTMLResponse(resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8"))
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "in_flight": state["in_flight"], "waiting": batcher.waiting})
+        sizes = dict(batcher.stats.sizes)  # one C-level copy: the model thread may be counting a batch
+        return JSONResponse({"status": "ok", "in_flight": state["in_flight"], "waiting": batcher.waiting,
+                             "batches": {str(size): n for size, n in sorted(sizes.items())}})
 
     async def model_info(request: Request) -> Response:
         limits = {"max_upload_bytes": options.max_bytes, "max_megapixels": options.max_megapixels,

@@ -31,6 +31,10 @@ DEFAULT_THRESHOLD = 0.3
 FIELDS = ("threshold", "tile", "tile_overlap", "tile_full_image")
 MAX_FIELD_BYTES = 1024
 """A form field's value is a number or a word: more is refused (Starlette's parser counts it as it reads)."""
+DRAIN_BYTES = 64 * 2**20
+"""A body over the limit by at most this much is read to its end (and dropped) before the 413: clients that send
+their whole body before reading an answer (urllib, requests) then read the 413 instead of a reset connection. A
+larger one is answered at once and its connection closed."""
 
 
 class RequestError(Exception):
@@ -58,6 +62,8 @@ async def read_detect_request(request: Request, max_bytes: int) -> DetectRequest
     """Read and check the request (module docstring). Raises RequestError."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        if int(declared) - max_bytes <= DRAIN_BYTES:
+            await _discard(request.stream(), DRAIN_BYTES + max_bytes)
         raise _too_large(max_bytes, f"Content-Length {int(declared)}")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     fields: dict[str, str] = {}
@@ -94,11 +100,21 @@ def parse_fields(fields: dict[str, str]) -> dict:
 async def _limited(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
     """The body's chunks, stopped with 413 as soon as more than `max_bytes` arrived."""
     seen = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    async for chunk in stream:
         seen += len(chunk)
         if seen > max_bytes:
+            await _discard(stream, DRAIN_BYTES)
             raise _too_large(max_bytes, "the body")
         yield chunk
+
+
+async def _discard(stream: AsyncIterator[bytes], budget: int) -> None:
+    """Read and drop the rest of the body, up to `budget` bytes (`DRAIN_BYTES`)."""
+    async for chunk in stream:
+        budget -= len(chunk)
+        if budget < 0:
+            return
 
 
 async def _read_body(request: Request, max_bytes: int) -> bytes:
