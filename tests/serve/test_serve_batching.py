@@ -168,3 +168,21 @@ def test_a_batch_holds_one_key_and_the_others_keep_their_order():
     gate.set()
     batcher.close(10)
     assert batches == [(None, [0]), ("a", [1, 3, 6]), (None, [2, 5]), ("b", [4])]
+
+
+def test_a_client_gone_mid_upload_and_a_server_bug_leave_it_serving():
+    """A client that closes its socket halfway through its body, and a route that fails (here /v1/model with an
+    info that is no JSON): a one-line JSON 500 for the bug, and the next requests are served."""
+    import socket
+
+    service = fake_service(FakeDetector())
+    service.info = {"checkpoint": object()}
+    with live_server(service) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000"
+                      b"\r\n\r\n" + png()[:1000])
+        broken = get(f"{url}/v1/model")
+        assert broken.status == 500 and broken.json() == {"error": "internal error: TypeError"}
+        wait_for(lambda: get(f"{url}/health").json()["in_flight"] == 0, what="the broken upload to end")
+        assert post_image(url, png()).status == 200

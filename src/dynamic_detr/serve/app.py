@@ -24,7 +24,7 @@ import torch
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -143,6 +143,8 @@ def build_app(service: DetectionService, options: ServeOptions) -> Starlette:
                 req = await read_detect_request(request, options.max_bytes)
         except TimeoutError:
             raise RequestError(408, f"the upload did not finish within {options.timeout:g} s (--timeout)") from None
+        except ClientDisconnect:  # nobody reads this answer; it keeps the traceback out of the log
+            raise RequestError(400, "the client disconnected during the upload") from None
         key, filename, threshold = service.batch_key(req.tile), req.filename, req.threshold
         deadline = asyncio.get_running_loop().time() + options.timeout  # decoding and the model, together
         try:
@@ -183,7 +185,8 @@ def build_app(service: DetectionService, options: ServeOptions) -> Starlette:
     routes = [Route("/", page), Route("/health", health), Route("/v1/model", model_info),
               Route("/v1/detect", detect, methods=["POST"])]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={RequestError: _request_error, HTTPException: _http_error})
+                    exception_handlers={RequestError: _request_error, HTTPException: _http_error,
+                                        Exception: _server_error})
     app.state.batcher = batcher
     return app
 
@@ -201,6 +204,11 @@ def image_record(result: dict[str, torch.Tensor], filename: str, height: int, wi
 async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
     return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """A bug: still one line of JSON for the client (Starlette re-raises it after, for the log)."""
+    return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, 500)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

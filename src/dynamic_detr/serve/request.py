@@ -142,8 +142,8 @@ async def _read_multipart(request: Request, max_bytes: int, fields: dict[str, st
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if name != "image":
-                    raise RequestError(400, f"unknown file field {name!r}: the image goes in a file part named "
-                                            "'image'")
+                    raise RequestError(400, f"file part {_short(name)!r}: the image goes in a file part named "
+                                            "'image', the fields as values")
                 image = value
             else:
                 texts.append((name, value))
@@ -159,8 +159,6 @@ async def _read_multipart(request: Request, max_bytes: int, fields: dict[str, st
 # ------------------------------------------------------------------------------------------------ fields
 def _add_fields(fields: dict[str, str], items: list[tuple[str, str]], kind: str) -> None:
     for name, value in items:
-        if isinstance(value, UploadFile):  # an image part under a field's name
-            raise RequestError(400, f"{kind} {name!r} must be a value, not a file")
         if name not in FIELDS:
             raise RequestError(400, f"unknown {kind} {_short(name)!r}: the fields are {', '.join(FIELDS)}")
         if name in fields:
