@@ -15,7 +15,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 import torch
-from serve_helpers import FakeDetector, fake_service, get, live_server, png, post_image, wait_for
+from serve_helpers import FakeDetector, fake_service, get, live_server, png, post_image, post_raw, wait_for
 
 from dynamic_detr.serve.batcher import Batcher, Closed, QueueFull
 
@@ -60,6 +60,8 @@ def test_full_queue_answers_503_with_retry_after_at_once():
         assert time.monotonic() - start < 0.5  # answered, not queued behind the model
         assert refused.status == 503 and refused.headers["retry-after"] == "1"
         assert "busy" in refused.json()["error"] and "--queue-size" in refused.json()["error"]
+        big = post_raw(url, bytes(16 * 10**6))  # sent whole before urllib reads: it reads the 503, not a reset
+        assert big.status == 503 and big.headers["retry-after"] == "1"
         assert [f.result().status for f in busy] == [200, 200]
         fake.delay = 0.0
         assert post_image(url, png()).status == 200  # served again once the queue has room

@@ -6,9 +6,10 @@
     POST /v1/detect   an image (`serve/request.py`) -> `predict`'s JSON of one image
 
 A detect request counts as in flight from its arrival to its answer; with `queue_size` in flight, one more is
-answered 503 with Retry-After before its body is read, so memory stays bounded (`queue_size` x (upload limit +
-decoded image)) and no request waits forever. Each phase has a deadline: the upload (408), then decoding and the
-model (504). Every error is JSON `{"error": "<one line>"}` with a 4xx / 5xx status, and the server goes on."""
+answered 503 with Retry-After, its body dropped as it arrives, never decoded nor queued, so memory stays bounded
+(`queue_size` x (upload limit + decoded image)) and no request waits forever. Each phase has a deadline: the
+upload (408), then decoding and the model (504). Every error is JSON `{"error": "<one line>"}` with a 4xx / 5xx
+status, and the server goes on."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from ..predict.tiling import TiledPredictor, TileOptions
 from ..predict.writer import _detection as detection_record  # the one JSON form of a detection, as predict writes
 from .batcher import Batcher, Closed, Detections, QueueFull
 from .decode import DEFAULT_MAX_PIXELS, decode_upload
-from .request import DEFAULT_THRESHOLD, FIELDS, RequestError, read_detect_request
+from .request import DEFAULT_THRESHOLD, FIELDS, RequestError, discard_body, read_detect_request
 
 RETRY_AFTER_S = 1
 """What a 503 tells the client to wait before trying again (seconds): about one batch of the model."""
@@ -111,9 +112,10 @@ def build_app(service: DetectionService, options: ServeOptions) -> Starlette:
     the requests in flight finish), drains and stops it."""
     batcher = Batcher(service.run, options.max_batch, options.gather_ms, options.queue_size)
     state = {"in_flight": 0, "answered": 0}
+    page_html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
     async def page(request: Request) -> Response:
-        return HTMLResponse(resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     async def health(request: Request) -> Response:
         sizes = dict(batcher.stats.sizes)  # one C-level copy: the model thread may be counting a batch
@@ -128,6 +130,9 @@ def build_app(service: DetectionService, options: ServeOptions) -> Starlette:
 
     async def detect(request: Request) -> Response:
         if state["in_flight"] >= options.queue_size:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(options.timeout):
+                    await discard_body(request, options.max_bytes)  # dropped as it arrives, never decoded
             raise RequestError(503, f"busy: {options.queue_size} requests in flight (--queue-size); retry later",
                                {"Retry-After": str(RETRY_AFTER_S)})
         state["in_flight"] += 1

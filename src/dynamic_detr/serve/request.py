@@ -17,13 +17,14 @@ temporary file."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ..predict.tiling import TileOptions
 
@@ -107,6 +108,13 @@ async def _limited(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
             await _discard(stream, DRAIN_BYTES)
             raise _too_large(max_bytes, "the body")
         yield chunk
+
+
+async def discard_body(request: Request, budget: int = DRAIN_BYTES) -> None:
+    """Read and drop a request's body, up to `budget` bytes: before an answer that refuses it (503), so that a
+    client that sends its whole body before reading reads the answer instead of a reset connection."""
+    with contextlib.suppress(ClientDisconnect):
+        await _discard(request.stream(), budget)
 
 
 async def _discard(stream: AsyncIterator[bytes], budget: int) -> None:
