@@ -3,7 +3,9 @@
 Starts the server as a user would (`dynamic-detr serve --port 0`, a subprocess) on `--checkpoint`, or on an
 untrained model of `--preset` (cpu_demo) that it saves itself (latency does not depend on the weights), then:
 
-1. `--warmup` requests one at a time (20): the server's RSS after them is the memory baseline;
+1. `--warmup` requests (20) from as many clients as the largest round (8): the server's RSS after them is the
+   memory baseline, taken once the model has run batches as large as the load test's (a batch of 8 holds more
+   memory than a batch of 1, and the allocator keeps it: that is working set, not a leak);
 2. for each `--concurrency` (1, then 8): that many clients, each sending `--requests` (50) requests back to back,
    each waiting for its answer: throughput (answers / s over the round), p50 / p99 latency, errors (answers other
    than 200), dropped (no answer: connection error or client timeout), the batch sizes the server ran;
@@ -137,15 +139,18 @@ def form(fields: dict[str, str], data: bytes, filename: str = "image.png") -> tu
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def run_round(url: str, images: list[bytes], clients: int, per_client: int, timeout: float) -> dict[str, Any]:
+def run_round(url: str, images: list[bytes], clients: int, per_client: int, timeout: float,
+              total: int | None = None) -> dict[str, Any]:
     """`clients` threads, each sending `per_client` requests (multipart, as the page and curl -F send them) one
-    after the other."""
+    after the other; with `total`, that many requests shared out among the clients instead."""
     bodies = [form({"threshold": "0.3"}, img) for img in images]
     results: list[tuple[int | None, float]] = []
     lock = threading.Lock()
+    counts = [per_client] * clients if total is None else [total // clients + (k < total % clients)
+                                                           for k in range(clients)]
 
     def client(k: int) -> None:
-        for i in range(per_client):
+        for i in range(counts[k]):
             body, ctype = bodies[(k + i) % len(bodies)]
             outcome = post(url, body, ctype, timeout)
             with lock:
@@ -207,7 +212,8 @@ def main() -> None:
     p.add_argument("--preset", default="cpu_demo", help="the untrained model's preset (default: cpu_demo)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="clients per round (default: 1 8)")
     p.add_argument("--requests", type=int, default=50, help="requests per client per round (default: 50)")
-    p.add_argument("--warmup", type=int, default=20, help="requests before the first round (default: 20)")
+    p.add_argument("--warmup", type=int, default=20,
+                   help="requests before the first round, from the largest round's clients (default: 20)")
     p.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch (default: 8)")
     p.add_argument("--queue-size", type=int, default=32, help="the server's --queue-size (default: 32)")
     p.add_argument("--image-size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"))
@@ -246,10 +252,9 @@ def main() -> None:
 def measure(args: argparse.Namespace, url: str, pid: int) -> dict[str, Any]:
     images = test_images(*args.image_size)
     model = json.loads(urllib.request.urlopen(f"{url}/v1/model", timeout=30).read())
-    for i in range(args.warmup):
-        status, _ = post(url, *form({}, images[i % len(images)]), args.timeout)
-        if status != 200:
-            sys.exit(f"warmup request {i} answered {status}")
+    warm = run_round(url, images, min(max(args.concurrency), args.warmup), 0, args.timeout, total=args.warmup)
+    if warm["ok"] != args.warmup:
+        sys.exit(f"warmup: {warm['ok']} of {args.warmup} requests answered 200")
     rss = {f"after_first_{args.warmup}": rss_mb(pid)}
     rounds = []
     for clients in args.concurrency:
