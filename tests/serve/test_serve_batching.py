@@ -40,6 +40,18 @@ def test_requests_that_arrive_together_share_a_batch():
         assert [d["category"] for d in record["detections"]] == ["square", "disc"]
 
 
+def test_requests_sent_close_together_to_an_idle_model_are_gathered():
+    """The model is idle: the first of two requests sent 0.1 s apart waits up to the gather window (here 0.5 s)
+    for the second, and they share a batch."""
+    fake = FakeDetector()
+    with live_server(fake_service(fake), gather_ms=500) as url, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post_image, url, png(seed=0))
+        time.sleep(0.1)
+        second = pool.submit(post_image, url, png(seed=1))
+        assert [f.result().status for f in (first, second)] == [200, 200]
+    assert fake.batch_sizes == [2]
+
+
 def test_max_batch_bounds_a_batch():
     fake = FakeDetector(delay=0.4)
     with live_server(fake_service(fake), max_batch=3) as url, ThreadPoolExecutor(8) as pool:
