@@ -21,9 +21,9 @@ from dynamic_detr.serve.batcher import Batcher, Closed, QueueFull
 
 
 def test_requests_that_arrive_together_share_a_batch():
-    """One request holds the model for 0.6 s; six more arrive meanwhile and go through as one batch of six,
+    """One request holds the model for 1.2 s; six more arrive meanwhile and go through as one batch of six,
     each answered with its own image's record (sizes differ per request)."""
-    fake = FakeDetector(delay=0.6)
+    fake = FakeDetector(delay=1.2)
     with live_server(fake_service(fake), max_batch=8, gather_ms=5) as url, ThreadPoolExecutor(7) as pool:
         first = pool.submit(post_image, url, png(100, 80), threshold=0.0)
         wait_for(lambda: len(fake.calls) == 1, what="the first batch")
@@ -41,10 +41,10 @@ def test_requests_that_arrive_together_share_a_batch():
 
 
 def test_requests_sent_close_together_to_an_idle_model_are_gathered():
-    """The model is idle: the first of two requests sent 0.1 s apart waits up to the gather window (here 0.5 s)
-    for the second, and they share a batch."""
+    """The model is idle: the first of two requests sent 0.1 s apart waits up to the gather window (here 1 s) for
+    the second, and they share a batch."""
     fake = FakeDetector()
-    with live_server(fake_service(fake), gather_ms=500) as url, ThreadPoolExecutor(2) as pool:
+    with live_server(fake_service(fake), gather_ms=1000) as url, ThreadPoolExecutor(2) as pool:
         first = pool.submit(post_image, url, png(seed=0))
         time.sleep(0.1)
         second = pool.submit(post_image, url, png(seed=1))
@@ -53,7 +53,7 @@ def test_requests_sent_close_together_to_an_idle_model_are_gathered():
 
 
 def test_max_batch_bounds_a_batch():
-    fake = FakeDetector(delay=0.4)
+    fake = FakeDetector(delay=1.0)
     with live_server(fake_service(fake), max_batch=3) as url, ThreadPoolExecutor(8) as pool:
         first = pool.submit(post_image, url, png())
         wait_for(lambda: len(fake.calls) == 1, what="the first batch")
@@ -63,13 +63,13 @@ def test_max_batch_bounds_a_batch():
 
 
 def test_full_queue_answers_503_with_retry_after_at_once():
-    fake = FakeDetector(delay=1.0)
+    fake = FakeDetector(delay=1.5)
     with live_server(fake_service(fake), queue_size=2, max_batch=1) as url, ThreadPoolExecutor(2) as pool:
         busy = [pool.submit(post_image, url, png()) for _ in range(2)]
         wait_for(lambda: get(f"{url}/health").json()["in_flight"] == 2, what="2 requests in flight")
         start = time.monotonic()
         refused = post_image(url, png())
-        assert time.monotonic() - start < 0.5  # answered, not queued behind the model
+        assert time.monotonic() - start < 1.0  # answered, not queued behind the model (1.5 s a request)
         assert refused.status == 503 and refused.headers["retry-after"] == "1"
         assert "busy" in refused.json()["error"] and "--queue-size" in refused.json()["error"]
         big = post_raw(url, bytes(16 * 10**6))  # sent whole before urllib reads: it reads the 503, not a reset

@@ -29,7 +29,7 @@ sys.path.insert(0, {helpers!r})
 from serve_helpers import FakeDetector, fake_service
 from dynamic_detr.serve.app import ServeOptions
 from dynamic_detr.serve.server import serve
-sys.exit(serve(fake_service(FakeDetector(delay=0.4)), ServeOptions(port=0, max_batch=2)))
+sys.exit(serve(fake_service(FakeDetector(delay=1.0)), ServeOptions(port=0, max_batch=2)))
 """
 
 
@@ -60,7 +60,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_sigterm_answers_every_request_in_flight_and_exits_0():
-    """Five slow requests in flight (batches of 2, 0.4 s each) when SIGTERM arrives: the server stops listening,
+    """Five slow requests in flight (batches of 2, 1 s each) when SIGTERM arrives: the server stops listening,
     answers all five, and exits 0."""
     proc, url = _start(["-c", SLOW_SERVER.format(helpers=str(HERE))])
     try:
