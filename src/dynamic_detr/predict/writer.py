@@ -56,9 +56,7 @@ def write_predictions(detect: Detect, names: dict[int, str], items: Iterable[Ite
         nonlocal video
         results = detect([item.image for item in chunk])
         for item, res in zip(chunk, results, strict=True):
-            keep = res["scores"] >= threshold
-            dets = [_detection(b, s, c, names) for b, s, c in
-                    zip(res["boxes"][keep], res["scores"][keep], res["labels"][keep], strict=True)]
+            dets = detections_json(res, threshold, names)
             drawn = draw_detections(item.image, res["boxes"], res["scores"], res["labels"], names, threshold)
             summary.detections += len(dets)
             if item.video is None:
@@ -117,8 +115,7 @@ def _write_image(out: Path, item: Item, drawn: torch.Tensor, dets: list[dict], t
     png, record_path = _output_path(out, item, ".png"), _output_path(out, item, ".json")
     picture = Image.fromarray(drawn.permute(1, 2, 0).contiguous().numpy())
     atomic_write(png, lambda tmp: picture.save(tmp, format="PNG"))
-    record: dict[str, Any] = {"file": item.origin, "height": int(item.image.shape[-2]),
-                              "width": int(item.image.shape[-1]), "threshold": threshold, "detections": dets}
+    record = image_json(item.origin, item.image.shape[-2], item.image.shape[-1], threshold, dets)
     atomic_write_text(record_path, json.dumps(record, indent=1))
 
 
@@ -171,7 +168,20 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
-def _detection(box: torch.Tensor, score: torch.Tensor, label: torch.Tensor, names: dict[int, str]) -> dict:
-    cat = int(label)
-    return {"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "category_id": cat,
-            "category": names.get(cat, str(cat))}
+def detections_json(result: dict[str, torch.Tensor], threshold: float, names: dict[int, str]) -> list[dict]:
+    """One image's detections at or above `threshold` as `predict` writes them (and `serve` answers them): box
+    xyxy in the image's pixels, score, category_id, category; in the result's order (highest score first)."""
+    keep = result["scores"] >= threshold
+    out = []
+    for box, score, label in zip(result["boxes"][keep], result["scores"][keep], result["labels"][keep],
+                                 strict=True):
+        cat = int(label)
+        out.append({"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "category_id": cat,
+                    "category": names.get(cat, str(cat))})
+    return out
+
+
+def image_json(file: str, height: int, width: int, threshold: float, detections: list[dict]) -> dict[str, Any]:
+    """The JSON of one image (`predict`'s OUT/<name>.json, `serve`'s answer)."""
+    return {"file": file, "height": int(height), "width": int(width), "threshold": threshold,
+            "detections": detections}

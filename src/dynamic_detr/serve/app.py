@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from ..errors import UserError
 from ..predict.tiling import TiledPredictor, TileOptions
-from ..predict.writer import _detection as detection_record  # the one JSON form of a detection, as predict writes
+from ..predict.writer import detections_json, image_json
 from .batcher import Batcher, Closed, Detections, QueueFull
 from .decode import DEFAULT_MAX_PIXELS, decode_upload
 from .request import DEFAULT_THRESHOLD, FIELDS, RequestError, discard_body, read_detect_request
@@ -200,10 +200,7 @@ def image_record(result: dict[str, torch.Tensor], filename: str, height: int, wi
                  names: dict[int, str]) -> dict[str, Any]:
     """The JSON `predict` writes for one image (`predict/writer.py`): file, height, width, threshold, detections
     (box xyxy in the image's pixels, score, category_id, category), highest score first."""
-    keep = result["scores"] >= threshold
-    dets = [detection_record(b, s, c, names) for b, s, c in
-            zip(result["boxes"][keep], result["scores"][keep], result["labels"][keep], strict=True)]
-    return {"file": filename, "height": int(height), "width": int(width), "threshold": threshold, "detections": dets}
+    return image_json(filename, height, width, threshold, detections_json(result, threshold, names))
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:
