@@ -153,10 +153,12 @@ def train(args: argparse.Namespace, data: Path, run: Path) -> str:
     if args.reuse_model and (run / "weights").is_dir():
         print(f"reusing the model in {run}", flush=True)
         return "reused"
-    cfg = common.make_config(args.preset, [*args.override, "data.num_workers=0",
-                                           f"train.epochs={args.epochs}"])
-    print(f"training {args.preset} on {data} for {args.minutes} min (at most {args.epochs} epochs) in {run}",
-          flush=True)
+    # the preset's epochs stay unless --epochs is given: under a time budget the lr drop comes at
+    # lr_drop_epochs / epochs of the minutes (train/schedule.py), so a large epoch cap would drop it at once
+    changes = [*args.override] + ([f"train.epochs={args.epochs}"] if args.epochs else [])
+    cfg = common.make_config(args.preset, changes)
+    print(f"training {args.preset} on {data} for {args.minutes} min (at most {cfg.train.epochs} epochs, lr drop "
+          f"after {cfg.train.lr_drop_epochs} of them) in {run}", flush=True)
     result = Trainer(cfg, data, run, minutes=args.minutes, overwrite=True, progress=False).fit()
     if result.status not in ("finished", "time budget", "stopped early"):
         raise SystemExit(f"{run}: training ended with status {result.status!r}")
@@ -219,7 +221,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", default="cpu_demo")
     p.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config changes for training")
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget (default: 8)")
-    p.add_argument("--epochs", type=int, default=100, help="epoch cap (the time budget ends the run first)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epoch cap (default: the preset's; the time budget's lr drop comes at the preset's "
+                        "lr_drop_epochs / epochs of the minutes)")
     p.add_argument("--canvas", type=int, nargs=2, default=[1024, 2048], metavar=("MIN", "MAX"),
                    help="long side of the canvases")
     p.add_argument("--objects", type=int, nargs=2, default=[8, 40], metavar=("MIN", "MAX"), help="object sides")
