@@ -49,6 +49,21 @@ def test_predict_tile_writes_tiled_detections(setup, tmp_path, capsys):
         assert (out / f"{name}.png").is_file()
 
 
+def test_predict_tile_max_detections_caps_the_image_after_merging(setup, tmp_path, capsys):
+    data, model_dir = setup
+    tiled = _tiled(model_dir, TileOptions(128), batch_size=4, min_score=0.01)
+    ref = tiled([read_image(data / "val" / "0000.png")])[0]
+    assert len(ref["scores"]) > 1  # the cap below bites
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(model_dir), "--out", str(out), "--threshold", "0.01", "--tile",
+                 "128", "--tile-max-detections", "1", str(data / "val" / "0000.png")]) == 0
+    record = json.loads((out / "0000.json").read_text())
+    assert [d["score"] for d in record["detections"]] == [round(float(v), 4) for v in ref["scores"][:1]]
+    assert main(["predict", "--checkpoint", str(model_dir), "--out", str(tmp_path / "o"), "--tile-max-detections",
+                 "3", str(data / "val" / "0000.png")]) == 2  # without --tile: refused, nothing written
+    assert not (tmp_path / "o").exists()
+
+
 def test_eval_tile_scores_original_images(setup, tmp_path, capsys):
     data, model_dir = setup
     dets_path, metrics_path = tmp_path / "dets.json", tmp_path / "m.json"

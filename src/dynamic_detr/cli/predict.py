@@ -35,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     add_tile_options(p, "--batch-size tiles go through the model at a time")
+    p.add_argument("--tile-max-detections", type=_positive_int, default=None, metavar="N",
+                   help="with --tile: most detections kept per image after merging (default 100; the model's "
+                        "query count caps each tile, this the whole image)")
     p.set_defaults(func=run)
 
 
@@ -114,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     tiles = tile_options(args)
+    if args.tile_max_detections is not None and tiles is None:
+        from ..errors import UserError
+
+        raise UserError("--tile-max-detections needs --tile SIZE")
     check_out_folder(args.out)
     sources = resolve_sources(args.inputs, args.out)  # paths only; a video without PyAV stops here
     check_output_folder(sources.local_files(), args.out, nested=True)  # before loading the model: refuse early
@@ -128,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         from ..predict.tiling import TiledPredictor
         from ..predict.writer import write_predictions
 
-        tiled = TiledPredictor(predictor, tiles, batch_size=args.batch_size, min_score=args.threshold)
+        tiled = TiledPredictor(predictor, tiles, batch_size=args.batch_size, min_score=args.threshold,
+                               top_k=args.tile_max_detections or 100)
         summary = write_predictions(tiled, predictor.names, items, args.out, args.threshold, batch_size=1)
     return _report(summary, sources.missing, args.threshold, args.out)
 
