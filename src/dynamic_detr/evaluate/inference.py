@@ -83,8 +83,15 @@ def evaluate_model(model: torch.nn.Module, loader, coco_gt, class_names: dict[in
         return None, []
     merged = [d for part, _ in gathered for d in part]  # the eval sampler shards without padding: no repeats
     skipped = {iid: msg for _, part in gathered for iid, msg in part.items()}
+    return score_detections(coco_gt, class_names, merged, skipped, keep), merged
+
+
+def score_detections(coco_gt, class_names: dict[int, str] | None, detections: list[dict[str, Any]],
+                     skipped: dict[int, str], keep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """COCO metrics of `detections` (COCO results format); the images in `skipped` (id -> why) are left out of
+    the scoring and named in one warning line. `keep` receives `evaluator` (for the error analysis)."""
     evaluator = CocoEvaluator(coco_gt, class_names)
-    evaluator.update(merged)
+    evaluator.update(detections)
     evaluator.skip_images(skipped)
     if skipped:
         first = skipped[min(skipped)]
@@ -94,7 +101,7 @@ def evaluate_model(model: torch.nn.Module, loader, coco_gt, class_names: dict[in
     metrics = evaluator.summarize()
     if keep is not None:
         keep["evaluator"] = evaluator
-    return metrics, merged
+    return metrics
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -7,12 +7,12 @@ do not decode are left out of the scoring and named (as `evaluate.inference.eval
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..evaluate.metrics import CocoEvaluator, to_coco_detections
+from ..evaluate.inference import score_detections
+from ..evaluate.metrics import to_coco_detections
 from ..progress import progress
 from .tiling import Detect
 
@@ -47,15 +47,4 @@ def evaluate_tiled(detect: Detect, dataset: CocoDetection, class_names: dict[int
     """(COCO metrics, detections) of `detect` over `dataset`'s raw images; `keep` receives `evaluator` (the
     `CocoEvaluator`, for the error analysis), as `evaluate_model`'s does."""
     detections, skipped = predict_split(detect, dataset, desc)
-    evaluator = CocoEvaluator(dataset.coco_gt(), class_names)
-    evaluator.update(detections)
-    evaluator.skip_images(skipped)
-    if skipped:
-        first = skipped[min(skipped)]
-        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-        print(f"warning: evaluation skipped {len(skipped)} image(s) that could not be read, not scored: "
-              f"{first}{more}", file=sys.stderr, flush=True)
-    metrics = evaluator.summarize()
-    if keep is not None:
-        keep["evaluator"] = evaluator
-    return metrics, detections
+    return score_detections(dataset.coco_gt(), class_names, detections, skipped, keep), detections
