@@ -84,6 +84,16 @@ def start_server(checkpoint: Path, max_batch: int, queue_size: int, log: Path) -
     return proc, line.split("serving on ")[1].split("/ ")[0]
 
 
+def stop_server(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (the server drains its requests and exits 0), a kill past `timeout` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -233,12 +243,7 @@ def main() -> None:
         try:
             report = measure(args, url, proc.pid)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_server(proc, 120)
         report["sigterm_exit_code"] = proc.returncode
         report["server_log_tail"] = log.read_text()[-2000:]
     report["checkpoint"] = str(args.checkpoint) if args.checkpoint else f"untrained {args.preset} (saved by the run)"

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-from serve_load import save_untrained, start_server
+from serve_load import save_untrained, start_server, stop_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -88,11 +86,7 @@ def main() -> None:
         try:
             shown = screenshot(url, image, args.threshold, args.out, tuple(args.size))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc, 60)
     print(f"{shown} detection(s) at score >= {args.threshold} drawn; written: {args.out}")
 
 

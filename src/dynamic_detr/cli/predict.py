@@ -60,7 +60,7 @@ def tile_options(args: argparse.Namespace):
     """`TileOptions` from the command line (checked: a UserError naming the option), or None without --tile;
     a --tile-* option without --tile is refused."""
     from ..errors import UserError
-    from ..predict.tiling import MIN_TILE, TileOptions
+    from ..predict.tiling import TileOptions
 
     if args.tile is None:
         given = [name for name, value in (("--tile-overlap", args.tile_overlap), ("--tile-merge", args.tile_merge),
@@ -68,14 +68,9 @@ def tile_options(args: argparse.Namespace):
         if given:
             raise UserError(f"{given[0]} needs --tile SIZE")
         return None
-    if args.tile < MIN_TILE:
-        raise UserError(f"--tile must be at least {MIN_TILE} pixels, got {args.tile}")
-    overlap = 0.2 if args.tile_overlap is None else args.tile_overlap
-    if not 0 <= overlap <= 0.9:
-        raise UserError(f"--tile-overlap must be a fraction in [0, 0.9], got {overlap}")
-    options = TileOptions(size=args.tile, overlap=overlap, full_image=args.tile_full_image,
-                          merge=args.tile_merge or "nms")
-    options.check()
+    options = TileOptions(size=args.tile, overlap=0.2 if args.tile_overlap is None else args.tile_overlap,
+                          full_image=args.tile_full_image, merge=args.tile_merge or "nms")
+    options.check({"size": "--tile", "overlap": "--tile-overlap", "merge": "--tile-merge"})
     return options
 
 

@@ -21,7 +21,7 @@ Memory is bounded: tiles are cropped as views and sent `batch_size` at a time, a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -57,16 +57,19 @@ class TileOptions:
     iou: float = 0.5
     """IoU at which two boxes of one class are the same object (merging, and cut boxes inside shared regions)."""
 
-    def check(self) -> None:
-        """Raise UserError naming the option on a bad value."""
+    def check(self, names: Mapping[str, str] | None = None) -> None:
+        """Raise UserError naming the option on a bad value; `names` maps a field to the name its caller knows it
+        by (the CLI: {"size": "--tile", ...}), else "tile size", "tile overlap", "tile merge", "tile merge iou"."""
+        name = {"size": "tile size", "overlap": "tile overlap", "merge": "tile merge", "iou": "tile merge iou",
+                **(names or {})}
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < MIN_TILE:
-            raise UserError(f"tile size must be an integer of at least {MIN_TILE} pixels, got {self.size!r}")
+            raise UserError(f"{name['size']} must be at least {MIN_TILE} pixels (an integer), got {self.size!r}")
         if not isinstance(self.overlap, int | float) or not 0 <= self.overlap <= 0.9:
-            raise UserError(f"tile overlap must be a fraction in [0, 0.9], got {self.overlap!r}")
+            raise UserError(f"{name['overlap']} must be a fraction in [0, 0.9], got {self.overlap!r}")
         if self.merge not in MERGES:
-            raise UserError(f"tile merge must be one of {', '.join(MERGES)}, got {self.merge!r}")
+            raise UserError(f"{name['merge']} must be one of {', '.join(MERGES)}, got {self.merge!r}")
         if not isinstance(self.iou, int | float) or not 0 < self.iou <= 1:
-            raise UserError(f"tile merge iou must be in (0, 1], got {self.iou!r}")
+            raise UserError(f"{name['iou']} must be in (0, 1], got {self.iou!r}")
 
 
 def as_tile_options(tile: TileOptions | int | None) -> TileOptions | None:
