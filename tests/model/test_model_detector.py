@@ -8,7 +8,8 @@ from model_helpers import padded_batch
 
 from builders import tiny_config
 from dynamic_detr.api import detect
-from dynamic_detr.config import get_preset
+from dynamic_detr.config import apply_overrides, get_preset
+from dynamic_detr.errors import ConfigError
 from dynamic_detr.model import DynamicDETR
 
 
@@ -191,3 +192,34 @@ def test_predict_leaves_each_modules_training_mode_as_it_was():
     with pytest.raises(UserError):
         detect(model, 123)  # an error half-way restores it too
     assert [m.training for m in model.modules()] == before
+
+
+def test_eval_stages_runs_the_first_stages_at_inference_only():
+    """`decoder.eval_stages = n`: in eval mode the first n stages, the same as those of the full decoder (the
+    final detections are stage n's); in training every stage, each supervised."""
+    torch.manual_seed(0)
+    cfg = tiny_config({"model.decoder.num_stages": 3, "model.decoder.zero_init_deltas": False}, classes=5)
+    model = DynamicDETR(cfg.model).eval()
+    images, masks = padded_batch([(96, 128), (80, 128)])
+    with torch.no_grad():
+        full = model(images, masks)
+        model.set_eval_stages(2)
+        cut = model(images, masks)
+    assert len(full["stages"]) == 3 and len(cut["stages"]) == 2 and model.cfg.decoder.eval_stages == 2
+    for a, b in zip(cut["stages"], full["stages"][:2], strict=False):
+        torch.testing.assert_close(a["logits"], b["logits"])
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+    torch.testing.assert_close(cut["boxes"], full["stages"][1]["boxes"])
+    assert not torch.equal(cut["boxes"], full["boxes"])  # stage 3 refines stage 2's boxes: not the same answer
+    assert len(model.train()(images, masks)["stages"]) == 3
+    model.eval().set_eval_stages(0)
+    with torch.no_grad():
+        assert len(model(images, masks)["stages"]) == 3
+
+
+def test_eval_stages_out_of_range():
+    model = DynamicDETR(tiny_config(classes=5).model)
+    with pytest.raises(ConfigError, match=r"decoder stages: 3 is not in \[0, 2\]"):
+        model.set_eval_stages(3)
+    with pytest.raises(ConfigError, match=r"eval_stages must be in \[0, num_stages=2\]"):
+        apply_overrides(get_preset("cpu_tiny"), ["model.decoder.eval_stages=3"])

@@ -59,3 +59,19 @@ def check_out_folder(path: Path, flag: str = "--out") -> Path:
                 raise UserError(f"{flag} {path}: {'is' if p == path else f'{p} is'} a file, not a folder")
             break
     return path
+
+
+def add_decoder_stages_arg(parser: argparse.ArgumentParser) -> None:
+    """`--decoder-stages N`: inference with the first N decoder stages (`model.decoder.eval_stages`)."""
+    parser.add_argument("--decoder-stages", type=int, metavar="N",
+                        help="run the first N decoder stages (faster, usually less accurate; default: as the "
+                             "model was saved, all stages unless exported with fewer); docs/usage.md")
+
+
+def check_decoder_stages(args: argparse.Namespace, onnx: bool) -> int | None:
+    """`--decoder-stages` for `load_model`; refused for an ONNX file, whose depth was fixed at export."""
+    n = getattr(args, "decoder_stages", None)
+    if n is not None and onnx:
+        raise UserError(f"--decoder-stages: {args.checkpoint} is an ONNX file, its decoder depth was fixed when it "
+                        "was exported (`dynamic-detr export --decoder-stages N`)")
+    return n

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .common import add_decoder_stages_arg
 from .predict import add_tile_options, tile_options
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def register(sub) -> None:
     p.add_argument("--raw", action="store_true", help="use the raw weights even when the checkpoint has EMA")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    add_decoder_stages_arg(p)
     add_tile_options(p, "each image of the split is read at its original size (not through the eval loader), "
                         "its tiles --batch-size at a time")
     p.set_defaults(func=run)
@@ -44,7 +46,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
 
     from ..errors import UserError
-    from .common import check_at_least, check_out_folder, resolve_device
+    from .common import check_at_least, check_decoder_stages, check_out_folder, resolve_device
 
     if not 0 <= args.plot_threshold <= 1:
         raise UserError(f"--plot-threshold must be in [0, 1], got {args.plot_threshold}")
@@ -66,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     from ..fileio import atomic_write_json, atomic_write_text
     from ..model.loading import load_model
 
-    model, cfg = (load_onnx(args.checkpoint) if is_onnx(args.checkpoint)
-                  else load_model(args.checkpoint, device, prefer_ema=not args.raw))
+    onnx = is_onnx(args.checkpoint)
+    stages = check_decoder_stages(args, onnx)
+    model, cfg = (load_onnx(args.checkpoint) if onnx
+                  else load_model(args.checkpoint, device, prefer_ema=not args.raw, decoder_stages=stages))
     split = args.split or cfg.data.val_split
     source = split_source(args.data, split, data_section_for(cfg.data, args.data))
     print(f"evaluating split '{split}' of {args.data}: {source.layout}, {source.ann_file}")

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import add_decoder_stages_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a trained model to ONNX",
@@ -30,6 +32,7 @@ def register(sub) -> None:
                         "shapes: `predict` and `eval` fill a last, shorter batch with blank images)")
     p.add_argument("--portable", action="store_true",
                    help="deformable convs as GridSample + MatMul, for runtimes without DeformConv")
+    add_decoder_stages_arg(p)
     p.add_argument("--top-k", type=int, default=100, help="detections per image (default 100)")
     p.add_argument("--check", action="store_true",
                    help="run onnxruntime and PyTorch on the same images, print their largest differences and exit 1 "
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..model.loading import load_model
 
-    model, cfg = load_model(args.checkpoint, "cpu")
+    model, cfg = load_model(args.checkpoint, "cpu", decoder_stages=args.decoder_stages)
     size = tuple(args.image_size) if args.image_size else default_image_size(cfg.data.eval_max_size,
                                                                            cfg.data.size_divisibility)
     wrapper = export_onnx(model, args.out, size, opset=args.opset, portable=args.portable,

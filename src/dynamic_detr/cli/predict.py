@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .common import add_decoder_stages_arg
+
 if TYPE_CHECKING:
     from ..predict.writer import PredictSummary
 
@@ -34,6 +36,7 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold for drawing and JSON")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    add_decoder_stages_arg(p)
     add_tile_options(p, "--batch-size tiles go through the model at a time")
     p.add_argument("--tile-max-detections", type=_positive_int, default=None, metavar="N",
                    help="with --tile: most detections kept per image after merging (default 100; the model's "
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model.loading import load_model
     from ..predict.predictor import Predictor, check_output_folder
     from ..progress import progress
-    from .common import check_out_folder, resolve_device
+    from .common import check_decoder_stages, check_out_folder, resolve_device
 
     device = resolve_device(args.device)
     tiles = tile_options(args)
@@ -120,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     sources = resolve_sources(args.inputs, args.out)  # paths only; a video without PyAV stops here
     check_output_folder(sources.local_files(), args.out, nested=True)  # before loading the model: refuse early
     _refuse_empty(sources.missing, bool(sources.sources))
-    model, cfg = load_onnx(args.checkpoint) if is_onnx(args.checkpoint) else load_model(args.checkpoint, device)
+    onnx = is_onnx(args.checkpoint)
+    stages = check_decoder_stages(args, onnx)
+    model, cfg = load_onnx(args.checkpoint) if onnx else load_model(args.checkpoint, device, decoder_stages=stages)
     args.out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(model, cfg, device)
     items = progress(iter_items(sources.sources), "predict", sources.total, unit="img")

@@ -6,6 +6,8 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+from .common import add_decoder_stages_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over HTTP: a JSON API and a web page",
@@ -33,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body, in MB (default: 20)")
     p.add_argument("--max-megapixels", type=float, default=40.0,
                    help="largest image decoded, width x height in millions (default: 40)")
+    add_decoder_stages_arg(p)
     p.add_argument("--access-log", action="store_true", help="print a line per request (uvicorn's access log)")
     p.set_defaults(func=run)
 
@@ -44,15 +47,17 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise UserError(f"serve needs {', '.join(missing)}, not installed: pip install 'dynamic-detr[serve]'")
 
+    from ..export.onnx_runner import is_onnx
     from ..serve.app import ServeOptions
     from ..serve.server import load_service, serve
-    from .common import resolve_device
+    from .common import check_decoder_stages, resolve_device
 
     options = ServeOptions(host=args.host, port=args.port, max_batch=args.max_batch, gather_ms=args.gather_ms,
                            queue_size=args.queue_size, timeout=args.timeout, max_upload_mb=args.max_upload_mb,
                            max_megapixels=args.max_megapixels, access_log=args.access_log).check()
     device = resolve_device(args.device)
-    service = load_service(args.checkpoint, device)
+    stages = check_decoder_stages(args, is_onnx(args.checkpoint))
+    service = load_service(args.checkpoint, device, stages)
     info = service.info
     banner = f"{args.checkpoint} ({info['runtime']}, {info['preset']}, {len(info['classes'])} classes): "
     return serve(service, options, banner)

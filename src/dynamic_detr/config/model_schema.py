@@ -95,6 +95,12 @@ class EncoderConfig:
 class DecoderConfig:
     num_stages: int = 6
     """Dynamic decoder stages; fewer is the paper's ablation (docs/paper.md). Source: the paper (6)."""
+    eval_stages: int = 0
+    """Inference only: run the first N decoder stages (0 = all `num_stages`) and read the detections from stage
+    N's heads. Every stage is supervised in training (deep supervision), so every stage's heads can answer: fewer
+    stages trade AP for latency without retraining. Training always runs all stages. Set on a trained model by
+    `predict` / `eval` / `export` / `serve --decoder-stages N` (`DynamicDETR.set_eval_stages`). Source: RT-DETR
+    (decoder depth adjustable at inference). Not in the paper."""
     num_queries: int = 300
     """Object queries K. Source: the paper (300)."""
     num_heads: int = 4

@@ -49,6 +49,8 @@ def model_problems(m: ModelConfig) -> Iterator[str]:
         yield "model.hidden_dim must be divisible by gn_groups"
     if dec.num_stages < 1:
         yield "model.decoder.num_stages must be >= 1"
+    if not 0 <= dec.eval_stages <= dec.num_stages:
+        yield f"model.decoder.eval_stages must be in [0, num_stages={dec.num_stages}] (0 = all stages)"
     if dec.num_queries < 1:
         yield "model.decoder.num_queries must be >= 1"
     if enc.num_blocks < 0:

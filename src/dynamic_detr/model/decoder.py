@@ -144,6 +144,8 @@ class DynamicDecoder(nn.Module):
                                     canonical_size=dc.roi_canonical_size)
         self.stages = nn.ModuleList(DecoderStage(cfg, pooler) for _ in range(dc.num_stages))
         self.checkpoint = dc.checkpoint
+        self.eval_stages = dc.eval_stages
+        """Inference runs the first `eval_stages` stages (0 = all); training runs all (`DecoderConfig`)."""
         self._reset_parameters(cfg.class_loss, dc.zero_init_deltas)
 
     def _reset_parameters(self, class_loss: str, zero_init_deltas: bool) -> None:
@@ -168,7 +170,8 @@ class DynamicDecoder(nn.Module):
                 learned ones (the paper).
             attn_mask: self-attention mask for query groups (`DecoderStage.forward`).
         Returns:
-            per stage {"logits": [B, L, C'], "boxes": [B, L, 4] cxcywh normalised}, last = final.
+            per stage run {"logits": [B, L, C'], "boxes": [B, L, 4] cxcywh normalised}, last = final: every
+            stage in training, the first `eval_stages` (when set) in eval mode.
         """
         b = feats[0].shape[0]
         if query is None:
@@ -176,7 +179,8 @@ class DynamicDecoder(nn.Module):
         if boxes is None:
             boxes = self.init_boxes.weight[None].expand(b, -1, -1)
         outputs = []
-        for stage in self.stages:
+        stages = self.stages if self.training or not self.eval_stages else self.stages[:self.eval_stages]
+        for stage in stages:
             pos = None
             if self.box_pos is not None:
                 pos = self.box_pos(box_sine_embedding(boxes, self.pos_dim).to(query.dtype))

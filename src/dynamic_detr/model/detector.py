@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from . import checkpointing
 from .backbone import Backbone
 from .decoder import DynamicDecoder
@@ -78,6 +79,17 @@ class DynamicDETR(nn.Module):
         self.register_buffer("category_ids", ids, persistent=False)
         self.run_config: Config | None = None
         """The full config (data section: eval transform for `predict`) when loaded from a file."""
+
+    def set_eval_stages(self, n: int) -> None:
+        """Run the first `n` decoder stages at inference (0 = all): `DecoderConfig.eval_stages`, kept in the
+        model's config (and its run config) so that an export or a saved config records it."""
+        num = self.cfg.decoder.num_stages
+        if not 0 <= n <= num:
+            raise ConfigError(f"decoder stages: {n} is not in [0, {num}] (this model has {num} decoder stages; "
+                              "0 = all)")
+        self.decoder.eval_stages = self.cfg.decoder.eval_stages = n
+        if self.run_config is not None:
+            self.run_config.model.decoder.eval_stages = n
 
     def forward(self, images: Tensor, masks: Tensor | None = None,
                 targets: list[dict[str, Tensor]] | None = None) -> dict[str, Any]:

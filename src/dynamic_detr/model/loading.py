@@ -80,8 +80,11 @@ def read_trained(path: str | Path, prefer_ema: bool = True) -> TrainedState:
     return TrainedState(path, dict(state), cfg, ema)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu", prefer_ema: bool = True):
-    """(model in eval mode, config) from `path`; a training checkpoint's EMA weights are used when present."""
+def load_model(path: str | Path, device: torch.device | str = "cpu", prefer_ema: bool = True,
+               decoder_stages: int | None = None):
+    """(model in eval mode, config) from `path`; a training checkpoint's EMA weights are used when present;
+    `decoder_stages`: run the first N decoder stages at inference (`DecoderConfig.eval_stages`; None: as
+    saved)."""
     from . import DynamicDETR
 
     trained = read_trained(path, prefer_ema)
@@ -93,6 +96,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", prefer_ema:
     check_compatible(state, model, source=str(path))
     model.load_state_dict(state)
     model.run_config = cfg
+    if decoder_stages is not None:
+        try:
+            model.set_eval_stages(decoder_stages)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     return model.to(device).eval(), cfg
 
 

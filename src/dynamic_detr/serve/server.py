@@ -20,15 +20,16 @@ from ..errors import UserError
 from .app import DetectionService, ServeOptions, build_app
 
 
-def load_service(checkpoint: Path, device: torch.device) -> DetectionService:
+def load_service(checkpoint: Path, device: torch.device, decoder_stages: int | None = None) -> DetectionService:
     """The model of `checkpoint` (run folder, .pt, .safetensors, model folder, or an exported .onnx run with
-    onnxruntime), loaded as `predict` loads it, behind `predict.predictor.Predictor`. Raises UserError."""
+    onnxruntime), loaded as `predict` loads it, behind `predict.predictor.Predictor`; `decoder_stages` as
+    `load_model`'s. Raises UserError."""
     from ..export.onnx_runner import is_onnx, load_onnx
     from ..model.loading import load_model
     from ..predict.predictor import Predictor
 
     onnx = is_onnx(checkpoint)
-    model, cfg = load_onnx(checkpoint) if onnx else load_model(checkpoint, device)
+    model, cfg = load_onnx(checkpoint) if onnx else load_model(checkpoint, device, decoder_stages=decoder_stages)
     predictor = Predictor(model, cfg, device)
     m, d = cfg.model, cfg.data
     ids = list(m.category_ids) or list(range(m.num_classes))
