@@ -4,7 +4,7 @@ The paper's claims in miniature (docs/paper.md): at equal epochs Dynamic DETR is
 Deformable DETR, most of all on small objects; the dynamic encoder and the 6 decoder stages are worth AP. And
 the convergence recipe one step at a time (peers.LADDER, config.RECIPE): the paper's model at the preset's
 size, + start-up fixes, + dense head, + query selection, + distinct queries, + one-to-many, + denoising,
-+ IoU-aware (= the preset).
++ MAL, + Stable-DINO's stable matching, + IoU-aware (= the preset).
 Every contender (benchmarks/peers.py) is trained one after the other by the same loop on the same data,
 image sizes, batch size, epochs and seed, from random weights, and evaluated by the same COCO evaluator
 after every epoch. One run gives both budgets: a contender trains until it has done `--epochs` epochs AND

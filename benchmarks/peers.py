@@ -48,11 +48,14 @@ each step added to the previous rung; the last rung, `dynamic_detr`, is the pres
 RUNG_FALLBACK = {"distinct_queries": ["model.dense.enabled=true", "model.decoder.query_selection=boxes",
                                       "model.decoder.query_nms=0.7"],
                  "one_to_many": ["model.decoder.num_hybrid_queries=25", "loss.hybrid_k=2"],
-                 "denoising": ["model.decoder.dn_queries=20"]}
+                 "denoising": ["model.decoder.dn_queries=20"],
+                 "mal": ["loss.mal=true"],
+                 "stable_matching": ["loss.position_supervised=true", "loss.cost_position_modulated=true"]}
 """A ladder step that the preset leaves off (cpu_small: one-to-many and denoising cost AP at the demo's
-budget, docs/recipe.md) is measured with these settings on top of the previous rung, so that its row shows
-what it does; the last rung is the preset itself. Distinct queries need query selection: on a preset without
-it (cpu_tiny, the --quick runs) their rung turns it on too."""
+budget, docs/recipe.md; MAL and Stable-DINO's loss and matching cost are not measured yet) is measured with
+these settings on top of the previous rung, so that its row shows what it does; the last rung is the preset
+itself. Distinct queries need query selection: on a preset without it (cpu_tiny, the --quick runs) their rung
+turns it on too."""
 ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32", "sampled_deform", "checkpointed",
              "encoder", "encoder_static", "encoder_tuned")
 ENCODER_TUNED = ["model.encoder.num_blocks=1", "model.encoder.levels=2", "train.lr_offset_mult=0.1"]
@@ -72,6 +75,8 @@ LABELS = {
     "distinct_queries": "+ distinct queries (NMS before top-K)",
     "one_to_many": "+ one-to-many (hybrid)",
     "denoising": "+ denoising queries",
+    "mal": "+ MAL class loss (DEIM)",
+    "stable_matching": "+ stable matching (Stable-DINO's class loss and matching cost)",
     "dynamic_detr": "Dynamic DETR (ours: + IoU-aware = the preset)",
     "no_encoder": "ours (preset), dynamic encoder off",
     "faithful_no_encoder": "the paper's model, dynamic encoder off",

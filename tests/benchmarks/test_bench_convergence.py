@@ -126,6 +126,9 @@ def test_every_rung_of_the_ladder_adds_something(peers):
     for name, before, after in zip(peers.LADDER[1:], rungs[:-1], rungs[1:], strict=True):
         assert after != before, name
     assert rungs[peers.LADDER.index("distinct_queries")].model.decoder.query_nms == 0.7
+    mal, stable = rungs[peers.LADDER.index("mal")].loss, rungs[peers.LADDER.index("stable_matching")].loss
+    assert mal.mal and not (mal.position_supervised or mal.cost_position_modulated)
+    assert stable.position_supervised and stable.cost_position_modulated and not stable.mal
     assert rungs[-1] == preset
 
 

@@ -141,6 +141,19 @@ def test_paper_preset_has_no_beyond_paper_switch():
         assert recipe_rung(recipe, steps) != recipe_rung(recipe, steps + 1), RECIPE[steps][0]
 
 
+def test_recipe_preset_has_deim_and_stable_dinos_settings_the_cpu_presets_leave_them_off():
+    """recipe_r50: DEIM's MAL (gamma 1.5) as the class loss, Stable-DINO's matching cost (exponent 0.5); its
+    position-supervised loss is MAL's alternative (one class loss at a time). cpu_small / cpu_demo: not
+    measured yet, off."""
+    loss = get_preset("recipe_r50").loss
+    assert loss.mal and loss.mal_gamma == 1.5 and loss.iou_aware and not loss.position_supervised
+    assert loss.cost_position_modulated and loss.cost_position_exponent == 0.5
+    assert [name for name, _ in RECIPE][-3:] == ["mal", "stable_matching", "iou_aware"]
+    for name in ("cpu_small", "cpu_demo"):
+        loss = get_preset(name).loss
+        assert not (loss.mal or loss.position_supervised or loss.cost_position_modulated), name
+
+
 def test_recipe_rung_keeps_earlier_steps_only():
     cfg = get_preset("recipe_r50")
     two = recipe_rung(cfg, 2)  # fixes + dense head

@@ -38,6 +38,14 @@ def test_presets_have_no_problem(name):
     (["model.decoder.query_selection=boxes"], r"query_selection needs model\.dense\.enabled=true"),
     (["loss.hybrid_k=0"], r"loss\.hybrid_k must be >= 1"),
     (["model.class_loss=softmax", "loss.iou_aware=true"], r"loss\.iou_aware needs model\.class_loss=focal"),
+    (["model.class_loss=softmax", "loss.mal=true"], r"loss\.mal needs model\.class_loss=focal"),
+    (["model.class_loss=softmax", "loss.position_supervised=true"],
+     r"loss\.position_supervised needs model\.class_loss=focal"),
+    (["loss.mal=true", "loss.position_supervised=true"],
+     r"loss\.mal and loss\.position_supervised are two class losses for the same term .*: turn one off"),
+    (["loss.mal_gamma=0"], r"loss\.mal_gamma must be a finite number > 0, got 0"),
+    (["loss.cost_position_exponent=-0.5"], r"loss\.cost_position_exponent must be a finite number > 0, got -0\.5"),
+    (["loss.position_supervised_weight=-1"], r"loss\.position_supervised_weight must be a finite number >= 0"),
     (["train.amp=fp32"], r"train\.amp must be none\|bf16\|fp16"),
     (["train.eval_every=0"], r"train\.eval_every must be >= 1"),
     (["train.max_nonfinite_steps=0"], r"train\.max_nonfinite_steps must be >= 1"),
@@ -58,6 +66,16 @@ def test_early_stopping_values_that_are_accepted():
     """patience 0 (off) whatever eval_every; a patience of eval_every or more; any finite min_delta >= 0."""
     for overrides in (["train.eval_every=5"], ["train.eval_every=5", "train.patience=5"],
                       ["train.patience=1", "train.min_delta=0.5"], ["train.patience=30", "train.min_delta=0"]):
+        assert config_problems(apply_overrides(get_preset("cpu_tiny"), overrides)) == []
+
+
+def test_the_iou_aware_class_losses_that_are_accepted():
+    """MAL or the position-supervised loss beside iou_aware (each replaces its varifocal loss), the modulated
+    matching cost with any class loss, softmax included."""
+    for overrides in (["loss.mal=true", "loss.iou_aware=true"],
+                      ["loss.position_supervised=true", "loss.iou_aware=true"],
+                      ["loss.cost_position_modulated=true", "loss.mal=true"],
+                      ["loss.cost_position_modulated=true", "model.class_loss=softmax"]):
         assert config_problems(apply_overrides(get_preset("cpu_tiny"), overrides)) == []
 
 

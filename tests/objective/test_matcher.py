@@ -82,9 +82,10 @@ def test_matches_brute_force(class_loss: str, K: int, sizes: list[int]) -> None:
             assert got == pytest.approx(_brute_force(cost), abs=1e-4)
 
 
+@pytest.mark.parametrize("position_exponent", [None, 0.5])
 @pytest.mark.parametrize("class_loss", ["focal", "softmax"])
-def test_nan_predictions_do_not_crash_and_are_avoided(class_loss: str) -> None:
-    matcher = HungarianMatcher(class_loss=class_loss)
+def test_nan_predictions_do_not_crash_and_are_avoided(class_loss: str, position_exponent: float | None) -> None:
+    matcher = HungarianMatcher(class_loss=class_loss, position_exponent=position_exponent)
     gen = torch.Generator().manual_seed(0)
     logits, boxes, targets = _random_case(6, [2], 4, class_loss, gen)
     boxes[0, [0, 2]] = float("nan")
@@ -132,3 +133,54 @@ def test_obvious_assignment_and_bf16_inputs() -> None:
 def test_rejects_unknown_class_loss() -> None:
     with pytest.raises(ValueError, match="class_loss"):
         HungarianMatcher(class_loss="hinge")
+
+
+# --------------------------------------------------------------------------- Stable-DINO's position-modulated cost
+def _modulated_pair_cost(logits: list[float], box: list[float], label: int, tbox: list[float], scale: float,
+                         exponent: float, class_loss: str) -> float:
+    """Stable-DINO: the class cost of p * u^e, u = (GIoU + 1) / 2 times the image's scale."""
+    m = ((_giou(box, tbox) + 1) / 2 * scale) ** exponent
+    if class_loss == "focal":
+        p = 1 / (1 + math.exp(-logits[label])) * m
+        c_class = ALPHA * (1 - p) ** GAMMA * -math.log(p + 1e-8) - (1 - ALPHA) * p**GAMMA * -math.log(1 - p + 1e-8)
+    else:
+        c_class = -math.exp(logits[label]) / sum(math.exp(v) for v in logits) * m
+    l1 = sum(abs(u - v) for u, v in zip(box, tbox, strict=True))
+    return W_CLASS * c_class + W_BBOX * l1 - W_GIOU * _giou(box, tbox)
+
+
+@pytest.mark.parametrize("class_loss", ["focal", "softmax"])
+def test_position_modulated_cost_matches_hand_computation(class_loss: str) -> None:
+    """Every pair of an image with one of its own targets costs as computed by hand, u scaled per image so that
+    its best pair has u = 1; the assignment is the brute-force optimum of that cost."""
+    e = 0.5
+    matcher = HungarianMatcher(W_CLASS, W_BBOX, W_GIOU, class_loss, ALPHA, GAMMA, position_exponent=e)
+    gen = torch.Generator().manual_seed(11)
+    K, sizes = 4, [2, 3]
+    logits, boxes, targets = _random_case(K, sizes, 3, class_loss, gen)
+    cost = matcher.cost_matrix(logits, boxes, targets)
+    matches = matcher(logits, boxes, targets)
+    offset = 0
+    for b, n in enumerate(sizes):
+        bx, tb = boxes[b].tolist(), targets[b]["boxes"].tolist()
+        best = max((_giou(bx[k], tb[j]) + 1) / 2 for k in range(K) for j in range(n))
+        scale = max(1 / best, 1.0)
+        hand = [[_modulated_pair_cost(logits[b, k].tolist(), bx[k], int(targets[b]["labels"][j]), tb[j], scale, e,
+                                      class_loss) for j in range(n)] for k in range(K)]
+        torch.testing.assert_close(cost[b, :, offset:offset + n], torch.tensor(hand), rtol=1e-4, atol=1e-5)
+        pred_idx, tgt_idx = matches[b]
+        got = sum(hand[k][j] for k, j in zip(pred_idx.tolist(), tgt_idx.tolist(), strict=True))
+        assert got == pytest.approx(_brute_force(hand), abs=1e-4)
+        offset += n
+
+
+def test_position_modulated_cost_matches_the_well_placed_query() -> None:
+    """Query 0 is sure of the class, its box off the target (GIoU 0.14); query 1 is unsure, its box on it. The
+    plain cost matches query 0 (its class cost outweighs its box cost); modulated by the position, query 1."""
+    target = [{"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]), "labels": torch.tensor([0])}]
+    boxes = torch.tensor([[[0.65, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]]])
+    logits = torch.tensor([[[3.0], [0.0]]])
+    plain = HungarianMatcher(W_CLASS, W_BBOX, W_GIOU, "focal", ALPHA, GAMMA)
+    modulated = HungarianMatcher(W_CLASS, W_BBOX, W_GIOU, "focal", ALPHA, GAMMA, position_exponent=0.5)
+    assert plain(logits, boxes, target)[0][0].tolist() == [0]
+    assert modulated(logits, boxes, target)[0][0].tolist() == [1]

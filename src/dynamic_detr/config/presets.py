@@ -46,7 +46,9 @@ PRESETS: dict[str, Preset] = {
         about="paper_r50 plus the convergence recipe (RECIPE, docs/recipe.md), for users with GPUs: the same "
               "model at inference (the dense head only picks the initial boxes); the settings follow the cited "
               "works at COCO scale (FCOS / Co-DETR head of 4 convs, DDQ R-CNN's distinct queries at NMS 0.7, "
-              "H-DETR's 6x one-to-many, DINO's 100 denoising queries).",
+              "H-DETR's 6x one-to-many, DINO's 100 denoising queries, DEIM's MAL as the class loss with "
+              "Stable-DINO's position-modulated matching cost; Stable-DINO's own class loss is MAL's "
+              "alternative, off).",
         base="paper_r50",
         changes={
             "model.encoder.residual": True,
@@ -57,6 +59,8 @@ PRESETS: dict[str, Preset] = {
             "model.decoder.query_nms": 0.7,  # DDQ R-CNN
             "model.decoder.num_hybrid_queries": 900,  # H-DETR's hybrid branch (loss.hybrid_k: its 6 by default)
             "model.decoder.dn_queries": 100,  # DINO
+            "loss.mal": True,  # DEIM (its gamma 1.5 by default); replaces iou_aware's varifocal loss
+            "loss.cost_position_modulated": True,  # Stable-DINO's matching cost (exponent 0.5 by default)
             "loss.iou_aware": True,
         },
     ),

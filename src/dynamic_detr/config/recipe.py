@@ -20,6 +20,9 @@ RECIPE: list[tuple[str, list[str]]] = [
     ("one_to_many", ["model.decoder.num_hybrid_queries", "loss.hybrid_k", "loss.hybrid_weight"]),
     ("denoising", ["model.decoder.dn_queries", "model.decoder.dn_box_noise", "model.decoder.dn_label_noise",
                    "loss.dn_weight"]),
+    ("mal", ["loss.mal", "loss.mal_gamma"]),
+    ("stable_matching", ["loss.position_supervised", "loss.position_supervised_weight",
+                         "loss.cost_position_modulated", "loss.cost_position_exponent"]),
     ("iou_aware", ["loss.iou_aware"]),
 ]
 """Every field that is not in the paper, grouped by the step of the convergence recipe that adds it (in the

@@ -111,8 +111,35 @@ class LossConfig:
     """Weight of the denoising queries' losses. Source: DN-DETR (1)."""
     iou_aware: bool = False
     """Focal loss only: a matched query's class target is the IoU of its box with the target instead of 1
-    (varifocal loss), so scores rank by localisation quality. Source: VarifocalNet, as RT-DETR / Stable-DINO
-    use it. Not in the paper."""
+    (varifocal loss), so scores rank by localisation quality. `mal` or `position_supervised` replace this
+    loss when on. Source: VarifocalNet, as RT-DETR / Stable-DINO use it. Not in the paper."""
+    mal: bool = False
+    """Focal loss only: DEIM's Matchability-Aware Loss as the class loss of every decoder stage (every branch):
+    a matched query's target is IoU^`mal_gamma` at full weight (varifocal weighs it by its IoU), a negative is
+    weighted p^`mal_gamma`. IoU-aware on its own: with `iou_aware` on too it replaces the varifocal loss, as DEIM
+    replaces D-FINE's; not with `position_supervised` (a ConfigError). Source: DEIM (Huang et al. 2025). Not in
+    the paper."""
+    mal_gamma: float = 1.5
+    """MAL's gamma (> 0): the exponent of a matched query's IoU target and of the negatives' p^gamma weight.
+    Source: DEIM (1.5, its criterion's `gamma`)."""
+    position_supervised: bool = False
+    """Focal loss only: Stable-DINO's position-supervised class loss for every decoder stage (every branch):
+    a matched query's target is IoU^2, rescaled per image so that its best-placed match's is 1; positives are
+    weighted `focal_alpha` x |target - p|^`focal_gamma`, negatives as in the focal loss. Replaces the
+    varifocal loss of `iou_aware` when both are on; not with `mal` (a ConfigError). Source: Stable-DINO (Liu
+    et al. 2023, "Detection Transformer with Stable Matching"). Not in the paper."""
+    position_supervised_weight: float = 6.0
+    """With `position_supervised`: the class loss's weight per stage, in place of `loss_class` (its positives
+    are down-weighted by |target - p|^gamma). Source: Stable-DINO's R50 config (6 beside L1 5 and GIoU 2; DINO
+    weighs its focal loss 1)."""
+    cost_position_modulated: bool = False
+    """Stable-DINO's position-modulated matching cost: the matcher's class cost takes p * u^e for the
+    probability p of the target's class, u = (GIoU + 1) / 2 scaled per image so that its best pair has 1, e =
+    `cost_position_exponent`: of two queries that score the class, the one on the box is matched. Every
+    Hungarian-matched branch (one-to-one, one-to-many). Source: Stable-DINO. Not in the paper."""
+    cost_position_exponent: float = 0.5
+    """The exponent e (> 0) of the position score in `cost_position_modulated`. Source: Stable-DINO (its
+    matcher's `cec_beta`, 0.5)."""
 
 
 @dataclass

@@ -86,8 +86,18 @@ def model_problems(m: ModelConfig) -> Iterator[str]:
 def loss_problems(loss: LossConfig, m: ModelConfig) -> Iterator[str]:
     if loss.hybrid_k < 1:
         yield "loss.hybrid_k must be >= 1"
-    if loss.iou_aware and m.class_loss != "focal":
-        yield "loss.iou_aware needs model.class_loss=focal"
+    for name in ("iou_aware", "mal", "position_supervised"):
+        if getattr(loss, name) and m.class_loss != "focal":
+            yield f"loss.{name} needs model.class_loss=focal"
+    if loss.mal and loss.position_supervised:
+        yield ("loss.mal and loss.position_supervised are two class losses for the same term (DEIM's, "
+               "Stable-DINO's): turn one off")
+    if not (math.isfinite(loss.mal_gamma) and loss.mal_gamma > 0):
+        yield f"loss.mal_gamma must be a finite number > 0, got {loss.mal_gamma}"
+    if not (math.isfinite(loss.cost_position_exponent) and loss.cost_position_exponent > 0):
+        yield f"loss.cost_position_exponent must be a finite number > 0, got {loss.cost_position_exponent}"
+    if not (math.isfinite(loss.position_supervised_weight) and loss.position_supervised_weight >= 0):
+        yield f"loss.position_supervised_weight must be a finite number >= 0, got {loss.position_supervised_weight}"
 
 
 def train_problems(t: TrainConfig) -> Iterator[str]:

@@ -3,6 +3,12 @@
 Per stage s: class loss (sigmoid focal as in Deformable DETR / Sparse R-CNN, or DETR's softmax cross-entropy
 with a down-weighted no-object class), L1 on cxcywh and 1 - GIoU on the matched pairs; the L1 / GIoU (and
 focal) sums are divided by the number of target boxes, averaged over processes (DETR).
+
+Beyond the paper (LossConfig switches, off by default): an IoU-aware class loss instead of the focal one
+(varifocal, DEIM's MAL or Stable-DINO's position-supervised loss, iou_targets.py) and Stable-DINO's
+position-modulated matching cost (matcher.py). The class loss chosen applies to every stage of every branch
+(the one-to-one queries, the one-to-many ones and the denoising ones); the matching cost wherever a branch is
+Hungarian-matched (one-to-one, one-to-many; the denoising queries have fixed targets).
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..config import LossConfig
 from .boxes import safe_xyxy
 from .dense_loss import dense_loss
+from .iou_targets import matchability_aware_loss, matched_iou, position_supervised_loss, varifocal_loss
 from .matcher import HungarianMatcher
 
 
@@ -39,7 +46,8 @@ class SetCriterion(nn.Module):
         self.cfg = cfg
         self.class_loss = class_loss
         self.matcher = HungarianMatcher(cfg.cost_class, cfg.cost_bbox, cfg.cost_giou, class_loss,
-                                        cfg.focal_alpha, cfg.focal_gamma)
+                                        cfg.focal_alpha, cfg.focal_gamma,
+                                        cfg.cost_position_exponent if cfg.cost_position_modulated else None)
         # DETR's eos_coef: weight of the no-object class in the softmax cross-entropy
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = cfg.no_object_weight
@@ -102,6 +110,8 @@ class SetCriterion(nn.Module):
         given (fixed assignment). Main branch (""): logs every stage's terms and the final stage's as
         `loss_{term}`; other branches log their weighted total as `loss_{branch}`."""
         w = self.cfg
+        # Stable-DINO weighs its position-supervised loss higher than DINO's focal one (6 against 1)
+        w_class = w.position_supervised_weight if self.iou_target == "position_supervised" else w.loss_class
         total = torch.zeros((), device=num_boxes.device)
         for s, stage in enumerate(stages):
             logits, boxes = stage["logits"].float(), stage["boxes"].float()
@@ -111,7 +121,7 @@ class SetCriterion(nn.Module):
             if not branch:
                 for name, value in terms.items():
                     losses[f"loss_{name}_{s}"] = value
-            total = total + w.loss_class * terms["class"] + w.loss_bbox * terms["bbox"] + w.loss_giou * terms["giou"]
+            total = total + w_class * terms["class"] + w.loss_bbox * terms["bbox"] + w.loss_giou * terms["giou"]
         if not branch:
             last = len(stages) - 1
             for name in ("class", "bbox", "giou"):
@@ -126,9 +136,8 @@ class SetCriterion(nn.Module):
         """Class loss over all K queries of every image; unmatched queries are trained towards "no object"
         (all sigmoids 0 for focal, the extra class for softmax). logits [B, K, C'].
 
-        With `LossConfig.iou_aware` (focal only, needs `boxes` [B, K, 4]): varifocal loss (VarifocalNet, as
-        RT-DETR): a matched query's target is the IoU of its box with its target's, weighted by that IoU; a
-        negative is weighted alpha * p^gamma."""
+        With an IoU-aware loss (`iou_target`; focal only, needs `boxes` [B, K, 4], else the focal loss): a
+        matched query's target depends on the IoU of its box with its target's (iou_targets.py)."""
         B, K = logits.shape[:2]
         batch_idx, pred_idx, tgt_labels = self._matched(targets, matches, logits.device)
         target_classes = torch.full((B, K), self.num_classes, dtype=torch.int64, device=logits.device)
@@ -139,18 +148,17 @@ class SetCriterion(nn.Module):
             return F.cross_entropy(logits.transpose(1, 2), target_classes, weight=weight)
         # Deformable DETR: sum of the per-logit focal terms / number of target boxes
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)
-        if self.cfg.iou_aware and boxes is not None:
-            iou = torch.zeros(B, K, device=logits.device)
-            if len(batch_idx):
-                tgt = torch.cat([t["boxes"][j.to(logits.device)] for t, (_, j) in zip(targets, matches, strict=True)])
-                src = boxes[batch_idx, pred_idx].detach()
-                iou[batch_idx, pred_idx] = box_iou(safe_xyxy(src), safe_xyxy(tgt)).diagonal().clamp(min=0.01)
-            score = onehot * iou[..., None]
-            prob = logits.sigmoid().detach()
-            weight = self.cfg.focal_alpha * prob.pow(self.cfg.focal_gamma) * (1 - onehot) + score
-            return F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction="sum") / num_boxes
-        focal = sigmoid_focal_loss(logits, onehot, alpha=self.cfg.focal_alpha, gamma=self.cfg.focal_gamma,
-                                   reduction="sum")
+        w = self.cfg
+        if self.iou_target is not None and boxes is not None:
+            iou = matched_iou(boxes, targets, matches, batch_idx, pred_idx)
+            if self.iou_target == "position_supervised":
+                loss = position_supervised_loss(logits, onehot, iou, w.focal_alpha, w.focal_gamma)
+            elif self.iou_target == "mal":
+                loss = matchability_aware_loss(logits, onehot, iou, w.mal_gamma)
+            else:
+                loss = varifocal_loss(logits, onehot, iou, w.focal_alpha, w.focal_gamma)
+            return loss / num_boxes
+        focal = sigmoid_focal_loss(logits, onehot, alpha=w.focal_alpha, gamma=w.focal_gamma, reduction="sum")
         return focal / num_boxes
 
     def loss_boxes(self, boxes: Tensor, targets: list[dict[str, Tensor]],
@@ -165,6 +173,18 @@ class SetCriterion(nn.Module):
         return {"bbox": l1 / num_boxes, "giou": giou / num_boxes}
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def iou_target(self) -> str | None:
+        """The IoU-aware class loss in use: "position_supervised", "mal", "varifocal" or None (focal). MAL and
+        the position-supervised loss each replace the varifocal loss of `iou_aware` (config validation rejects
+        both at once)."""
+        w = self.cfg
+        if w.position_supervised:
+            return "position_supervised"
+        if w.mal:
+            return "mal"
+        return "varifocal" if w.iou_aware else None
+
     @staticmethod
     def _matched(targets: list[dict[str, Tensor]], matches: list[tuple[Tensor, Tensor]],
                  device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
