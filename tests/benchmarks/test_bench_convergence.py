@@ -126,6 +126,9 @@ def test_every_rung_of_the_ladder_adds_something(peers):
     for name, before, after in zip(peers.LADDER[1:], rungs[:-1], rungs[1:], strict=True):
         assert after != before, name
     assert rungs[peers.LADDER.index("distinct_queries")].model.decoder.query_nms == 0.7
+    o2o = rungs[peers.LADDER.index("dense_o2o")].data  # DEIM's mosaics, tiles half the preset's training size
+    assert o2o.mosaic_prob == 0.5 and o2o.mosaic_size == max(o2o.train_short_sides) // 2 == 128
+    assert rungs[peers.LADDER.index("flat_cosine")].train.lr_schedule == "flat_cosine"
     assert rungs[-1] == preset
 
 

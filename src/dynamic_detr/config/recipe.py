@@ -20,6 +20,9 @@ RECIPE: list[tuple[str, list[str]]] = [
     ("one_to_many", ["model.decoder.num_hybrid_queries", "loss.hybrid_k", "loss.hybrid_weight"]),
     ("denoising", ["model.decoder.dn_queries", "model.decoder.dn_box_noise", "model.decoder.dn_label_noise",
                    "loss.dn_weight"]),
+    ("dense_o2o", ["data.mosaic_prob", "data.mosaic_size", "data.mosaic_degrees", "data.mosaic_translate",
+                   "data.mosaic_scale", "data.aug_start", "data.mosaic_stop", "data.aug_stop"]),
+    ("flat_cosine", ["train.lr_schedule", "train.lr_flat_until", "train.lr_min_factor"]),
     ("iou_aware", ["loss.iou_aware"]),
 ]
 """Every field that is not in the paper, grouped by the step of the convergence recipe that adds it (in the
