@@ -18,7 +18,8 @@ from dynamic_detr.config import Config, apply_overrides, get_preset
 from dynamic_detr.data.coco import CocoDetection
 from dynamic_detr.data.collate import build_loader
 from dynamic_detr.data.loaders import eval_loader, load_split
-from dynamic_detr.data.sampler import SeededDataset
+from dynamic_detr.data.policy import AugmentPolicy, TrainSamples
+from dynamic_detr.data.sampler import ResumableSampler, SeededDataset
 from dynamic_detr.data.synthetic import generate
 from dynamic_detr.data.transforms import build_transforms
 from dynamic_detr.fileio import atomic_write_json
@@ -64,6 +65,23 @@ def loader(dataset: CocoDetection, cfg: Config, train: bool, batch_size: int, se
         return eval_loader(dataset, cfg.data, batch_size, seed=seed)
     return build_loader(SeededDataset(dataset, build_transforms(cfg.data, train=train)), batch_size, train=train,
                         num_workers=cfg.data.num_workers, size_divisibility=cfg.data.size_divisibility, seed=seed)
+
+
+def schedules_over_the_run(cfg: Config) -> bool:
+    """Whether `cfg` trains differently by how far into the run it is beyond the warm-up: an augmentation policy
+    (Dense O2O's mosaics, the augmentation warm-up or tail: data/policy.py) or the flat-cosine lr."""
+    return AugmentPolicy.from_config(cfg.data) != AugmentPolicy() or cfg.train.lr_schedule != "step"
+
+
+def policy_loader(dataset: CocoDetection, cfg: Config, batch_size: int, seed: int):
+    """A training loader whose samples follow `cfg`'s augmentation policy, and its sampler: the trainer's
+    `ResumableSampler` (shuffled per epoch, not grouped) over `TrainSamples`; `sampler.set_epoch(epoch,
+    progress=...)` before each epoch gives each position its progress."""
+    sampler = ResumableSampler(len(dataset), shuffle=True, seed=seed)
+    loader = build_loader(TrainSamples(dataset, cfg.data), batch_size, train=True,
+                          num_workers=cfg.data.num_workers, size_divisibility=cfg.data.size_divisibility,
+                          sampler=sampler, seed=seed)
+    return loader, sampler
 
 
 def seed_everything(seed: int) -> None:

@@ -12,6 +12,11 @@ after every epoch. One run gives both budgets: a contender trains until it has d
 training time reaches `--minutes`. The lr is constant after the warm-up for everyone, so that every point
 of a curve is a point of the same run; `--lr-drop E` instead multiplies every lr by 0.1 after epoch E (the
 paper's 1x schedule drops after 11 of 12), for runs long enough to read a plateau (use it with `--minutes 0`).
+A contender whose config schedules over the run (the `dense_o2o` and `flat_cosine` rungs: DEIM's mosaics with
+its augmentation warm-up and no-augmentation tail, the flat-cosine lr) needs the run's length: it reads its
+progress from the minutes budget (from the epochs with `--minutes 0`), so its schedule ends at the equal-minutes
+point and its equal-epochs point is read wherever that falls; its batches come from the trainer's sampler
+(another order than the others' DataLoader shuffle) so that each sample carries its progress.
 
 Default setup (documented in docs/benchmarks.md): the synthetic dataset, 480 train / 120 val images with a
 192 px long side (data seed 0), the `cpu_small` model with the augmentation recipe scaled to 192 px, batch 8,
@@ -48,7 +53,7 @@ from dynamic_detr.checkpoint import save_weights
 from dynamic_detr.evaluate.metrics import AP_NAMES, CocoEvaluator, to_coco_detections
 from dynamic_detr.fileio import atomic_write_json
 from dynamic_detr.model import DynamicDETR
-from dynamic_detr.train.schedule import WarmupStepSchedule
+from dynamic_detr.train.schedule import WarmupStepSchedule, build_schedule
 
 
 def evaluate(c: peers.Contender, val_loader, val_set, device: torch.device) -> dict[str, Any]:
@@ -75,14 +80,26 @@ def train_one(name: str, cfg, data: Path, args, device: torch.device) -> dict[st
     common.seed_everything(args.seed)
     c = peers.build(name, cfg, len(train_set.category_ids), args.batch_size)
     c.model.to(device)
-    train_loader = common.loader(train_set, cfg, True, args.batch_size, args.seed)
+    run_cfg = peers.ablation_config(name, cfg) if name in peers.OURS else cfg
+    over_the_run = common.schedules_over_the_run(run_cfg)
+    sampler = None
+    if over_the_run:
+        train_loader, sampler = common.policy_loader(train_set, run_cfg, args.batch_size, args.seed)
+    else:
+        train_loader = common.loader(train_set, cfg, True, args.batch_size, args.seed)
     val_loader = common.loader(val_set, cfg, False, args.batch_size, args.seed)
     t = cfg.train
+    base_lrs = [g["lr"] for g in c.optimizer.param_groups]
     drop_at = [args.lr_drop / args.epochs] if args.lr_drop else []
-    schedule = WarmupStepSchedule([g["lr"] for g in c.optimizer.param_groups], t.warmup_iters, t.warmup_factor,
-                                  drop_at, 0.1)
+    schedule = WarmupStepSchedule(base_lrs, t.warmup_iters, t.warmup_factor, drop_at, 0.1)
+    if run_cfg.train.lr_schedule != "step":
+        schedule = build_schedule(run_cfg.train, base_lrs, floor_from=run_cfg.data.aug_stop)
     total_steps = max(args.epochs * len(train_loader), 1)
     budget_s = args.minutes * 60
+
+    def run_progress(at_step: int) -> float:
+        """The run's progress for a schedule over the run: of the minutes budget, or of the epochs without one."""
+        return min(seconds / budget_s if budget_s > 0 else at_step / total_steps, 1.0)
     history: list[dict[str, Any]] = []
     at_minutes: dict[str, Any] | None = None
     step, seconds, epoch, skipped, losses = 0, 0.0, 0, 0, []
@@ -92,6 +109,9 @@ def train_one(name: str, cfg, data: Path, args, device: torch.device) -> dict[st
         return epoch >= args.epochs and seconds >= budget_s
 
     while not done():
+        if sampler is not None:
+            sampler.set_epoch(epoch, progress=lambda position, e=epoch: run_progress(
+                e * len(train_loader) + position // args.batch_size))
         c.model.train()
         tick = common.now(device)
         for batch in train_loader:
@@ -102,7 +122,7 @@ def train_one(name: str, cfg, data: Path, args, device: torch.device) -> dict[st
                 loss.backward()
                 params = [p for g in c.optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, c.clip if c.clip > 0 else float("inf"))
-                schedule.apply(c.optimizer, step, step / total_steps)
+                schedule.apply(c.optimizer, step, run_progress(step) if over_the_run else step / total_steps)
                 c.optimizer.step()
                 losses.append(float(loss.detach()))
             else:

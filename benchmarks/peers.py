@@ -50,12 +50,18 @@ RUNG_FALLBACK = {"distinct_queries": ["model.dense.enabled=true", "model.decoder
                  "one_to_many": ["model.decoder.num_hybrid_queries=25", "loss.hybrid_k=2"],
                  "denoising": ["model.decoder.dn_queries=20"],
                  "mal": ["loss.mal=true"],
-                 "stable_matching": ["loss.position_supervised=true", "loss.cost_position_modulated=true"]}
+                 "stable_matching": ["loss.position_supervised=true", "loss.cost_position_modulated=true"],
+                 # DEIM's base config (58 epochs: mosaics at 0.5 from epoch 4 to 29, none of the strong augmentation
+                 # from 50), as recipe_r50; the tile is sized to the preset (`ablation_config`)
+                 "dense_o2o": ["data.mosaic_prob=0.5", f"data.aug_start={4 / 58}", f"data.mosaic_stop={29 / 58}",
+                               f"data.aug_stop={50 / 58}"],
+                 "flat_cosine": ["train.lr_schedule=flat_cosine"]}
 """A ladder step that the preset leaves off (cpu_small: one-to-many and denoising cost AP at the demo's
-budget, docs/recipe.md; MAL and Stable-DINO's loss and matching cost are not measured yet) is measured with
-these settings on top of the previous rung, so that its row shows what it does; the last rung is the preset
-itself. Distinct queries need query selection: on a preset without it (cpu_tiny, the --quick runs) their rung
-turns it on too."""
+budget, docs/recipe.md; MAL, Stable-DINO's loss and matching cost, Dense O2O and flat-cosine are not measured
+yet) is measured with these settings on top of the previous rung, so that its row shows what it does; the last
+rung is the preset itself. Distinct queries need query selection: on a preset without it (cpu_tiny, the --quick
+runs) their rung turns it on too. The Dense O2O rung's mosaic tile is half the preset's largest training short
+side (DEIM: 320 of its 640)."""
 ABLATIONS = ("no_encoder", "faithful_no_encoder", "two_stages", "softmax", "fp32", "sampled_deform", "checkpointed",
              "encoder", "encoder_static", "encoder_tuned")
 ENCODER_TUNED = ["model.encoder.num_blocks=1", "model.encoder.levels=2", "train.lr_offset_mult=0.1"]
@@ -77,6 +83,8 @@ LABELS = {
     "denoising": "+ denoising queries",
     "mal": "+ MAL class loss (DEIM)",
     "stable_matching": "+ stable matching (Stable-DINO's class loss and matching cost)",
+    "dense_o2o": "+ Dense O2O (mosaic, augmentation warm-up and tail)",
+    "flat_cosine": "+ flat-cosine lr",
     "dynamic_detr": "Dynamic DETR (ours: + IoU-aware = the preset)",
     "no_encoder": "ours (preset), dynamic encoder off",
     "faithful_no_encoder": "the paper's model, dynamic encoder off",
@@ -143,6 +151,8 @@ def ablation_config(name: str, cfg: Config) -> Config:
         rung = recipe_rung(cfg, LADDER.index(name))
         if name in RUNG_FALLBACK and rung == recipe_rung(cfg, LADDER.index(name) - 1):  # the preset has it off
             rung = apply_overrides(rung, RUNG_FALLBACK[name])
+            if name == "dense_o2o":
+                rung.data.mosaic_size = max(rung.data.train_short_sides) // 2
         return rung
     preset_based = ("no_encoder", "fp32", "sampled_deform", "checkpointed", "encoder", "encoder_static",
                     "encoder_tuned")  # the rest: the paper's model

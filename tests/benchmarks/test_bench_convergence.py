@@ -129,6 +129,9 @@ def test_every_rung_of_the_ladder_adds_something(peers):
     mal, stable = rungs[peers.LADDER.index("mal")].loss, rungs[peers.LADDER.index("stable_matching")].loss
     assert mal.mal and not (mal.position_supervised or mal.cost_position_modulated)
     assert stable.position_supervised and stable.cost_position_modulated and not stable.mal
+    o2o = rungs[peers.LADDER.index("dense_o2o")].data  # DEIM's mosaics, tiles half the preset's training size
+    assert o2o.mosaic_prob == 0.5 and o2o.mosaic_size == max(o2o.train_short_sides) // 2 == 128
+    assert rungs[peers.LADDER.index("flat_cosine")].train.lr_schedule == "flat_cosine"
     assert rungs[-1] == preset
 
 

@@ -28,6 +28,24 @@ def test_presets_have_no_problem(name):
     (["data.train_short_sides=[]"], r"data\.train_short_sides must not be empty"),
     (["data.eval_short_side=0"], r"data\.eval_short_side must be a positive size"),
     (["data.crop_resize_sides=[]"], r"data\.crop_resize_sides must be positive sizes"),
+    # Dense O2O's mosaic, the augmentation policy and the flat-cosine lr (fractions of the run)
+    (["data.mosaic_prob=1.2"], r"data\.mosaic_prob must be a probability in \[0, 1\], got 1\.2"),
+    (["data.mosaic_size=0"], r"data\.mosaic_size must be a positive size, got 0"),
+    (["data.mosaic_degrees=-5"], r"data\.mosaic_degrees must be in \[0, 180\]"),
+    (["data.mosaic_translate=1.5"], r"data\.mosaic_translate must be a fraction in \[0, 1\]"),
+    (["data.mosaic_scale=[1.5,0.5]"], r"data\.mosaic_scale must be \[min, max\] with 0 < min <= max"),
+    (["data.mosaic_scale=[0,1]"], r"data\.mosaic_scale must be \[min, max\]"),
+    (["data.aug_start=-0.1"], r"data\.aug_start must be a fraction of the run in \[0, 1\], got -0\.1"),
+    (["data.aug_stop=1.5"], r"data\.aug_stop must be a fraction of the run in \[0, 1\], got 1\.5"),
+    (["data.aug_start=0.5", "data.aug_stop=0.4"], r"data\.aug_start \(0\.5\) must be <= data\.aug_stop \(0\.4\)"),
+    (["data.aug_start=0.5", "data.mosaic_stop=0.3"],
+     r"data\.aug_start \(0\.5\) must be <= data\.mosaic_stop \(0\.3\)"),
+    (["data.mosaic_prob=0.5", "data.aug_start=0.5", "data.aug_stop=0.5"], r"the mosaic window is empty"),
+    (["train.lr_schedule=cosine"], r"train\.lr_schedule must be step\|flat_cosine, got 'cosine'"),
+    (["train.lr_flat_until=1.1"], r"train\.lr_flat_until must be a fraction of the run in \[0, 1\]"),
+    (["train.lr_min_factor=2"], r"train\.lr_min_factor must be in \[0, 1\]"),
+    (["train.lr_schedule=flat_cosine", "data.aug_stop=0.4"],
+     r"train\.lr_flat_until \(0\.5\) must be <= data\.aug_stop \(0\.4\): flat_cosine lowers the lr"),
     # the detector's (was in model/detector.py)
     (["model.num_classes=3", "model.category_ids=[1,2]"], r"model\.category_ids has 2 ids but model\.num_classes is 3"),
     # the layout's, for a config (data/layout.py still checks its own arguments)
@@ -77,6 +95,14 @@ def test_the_iou_aware_class_losses_that_are_accepted():
                       ["loss.cost_position_modulated=true", "loss.mal=true"],
                       ["loss.cost_position_modulated=true", "model.class_loss=softmax"]):
         assert config_problems(apply_overrides(get_preset("cpu_tiny"), overrides)) == []
+def test_augment_policy_and_schedule_values_that_are_accepted():
+    """A tail without mosaics (mosaic_stop after aug_stop: the tail ends the window); the step schedule with any
+    lr_flat_until; flat_cosine with its floor where the cosine ends (no cosine: a step to the floor)."""
+    for overrides in (["data.aug_stop=0.9"], ["data.mosaic_prob=0.5", "data.aug_start=0.1", "data.aug_stop=0.9"],
+                      ["data.aug_stop=0.4"], ["train.lr_schedule=flat_cosine", "data.aug_stop=0.5"],
+                      ["data.mosaic_prob=0.5", "data.aug_start=0.5", "data.mosaic_stop=0.5", "data.aug_stop=0.8",
+                       "data.mosaic_prob=0"]):
+        apply_overrides(get_preset("cpu_tiny"), overrides)
 
 
 def test_checks_run_on_load_too(tmp_path):

@@ -57,10 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = sub.add_parser(
         "show", help="draw ground-truth boxes on N images (optionally augmented) and a dataset summary",
         description="Write OUT/<k>_<image>.png: the first N images of a training epoch with their ground-truth "
-                    "boxes and class names; with --augment after the training augmentations, exactly as the "
-                    "trainer applies them for train.seed = --seed (a crop or flip bug shows as boxes off "
-                    "their objects). Also OUT/summary.png: objects per class, object sizes (sqrt area, COCO "
-                    "boundaries 32 / 96 px), objects per image. The augmentation settings come from the "
+                    "boxes and class names; with --augment after the training augmentations at full strength, "
+                    "as the trainer applies them for train.seed = --seed (mosaics too, with "
+                    "data.mosaic_prob; a crop, flip or mosaic bug shows as boxes off their objects). Also "
+                    "OUT/summary.png: objects per class, object sizes (sqrt area, COCO boundaries 32 / 96 px), "
+                    "objects per image. The augmentation settings come from the "
                     "config (--preset, --config, key=value overrides).")
     show.add_argument("--data", required=True, type=Path, metavar="DIR", help="dataset root")
     show.add_argument("--split", metavar="S", help="split to draw (default: the config's data.train_split)")

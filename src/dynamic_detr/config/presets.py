@@ -47,8 +47,9 @@ PRESETS: dict[str, Preset] = {
               "model at inference (the dense head only picks the initial boxes); the settings follow the cited "
               "works at COCO scale (FCOS / Co-DETR head of 4 convs, DDQ R-CNN's distinct queries at NMS 0.7, "
               "H-DETR's 6x one-to-many, DINO's 100 denoising queries, DEIM's MAL as the class loss with "
-              "Stable-DINO's position-modulated matching cost; Stable-DINO's own class loss is MAL's "
-              "alternative, off).",
+              "Stable-DINO's position-modulated matching cost (Stable-DINO's own class loss is MAL's "
+              "alternative, off), DEIM's Dense O2O mosaics with its augmentation warm-up, no-augmentation tail "
+              "and flat-cosine lr).",
         base="paper_r50",
         changes={
             "model.encoder.residual": True,
@@ -61,6 +62,13 @@ PRESETS: dict[str, Preset] = {
             "model.decoder.dn_queries": 100,  # DINO
             "loss.mal": True,  # DEIM (its gamma 1.5 by default); replaces iou_aware's varifocal loss
             "loss.cost_position_modulated": True,  # Stable-DINO's matching cost (exponent 0.5 by default)
+            # DEIM's Dense O2O and schedule (its base config, 58 epochs: mosaic 0.5 from epoch 4 to 29, no strong
+            # augmentation from epoch 50, lr flat until 29, cosine to 0.5x at 50), as fractions of the run
+            "data.mosaic_prob": 0.5,
+            "data.aug_start": 4 / 58,
+            "data.mosaic_stop": 29 / 58,
+            "data.aug_stop": 50 / 58,
+            "train.lr_schedule": "flat_cosine",  # lr_flat_until 0.5 and lr_min_factor 0.5: DEIM's by default
             "loss.iou_aware": True,
         },
     ),

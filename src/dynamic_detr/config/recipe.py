@@ -23,6 +23,9 @@ RECIPE: list[tuple[str, list[str]]] = [
     ("mal", ["loss.mal", "loss.mal_gamma"]),
     ("stable_matching", ["loss.position_supervised", "loss.position_supervised_weight",
                          "loss.cost_position_modulated", "loss.cost_position_exponent"]),
+    ("dense_o2o", ["data.mosaic_prob", "data.mosaic_size", "data.mosaic_degrees", "data.mosaic_translate",
+                   "data.mosaic_scale", "data.aug_start", "data.mosaic_stop", "data.aug_stop"]),
+    ("flat_cosine", ["train.lr_schedule", "train.lr_flat_until", "train.lr_min_factor"]),
     ("iou_aware", ["loss.iou_aware"]),
 ]
 """Every field that is not in the paper, grouped by the step of the convergence recipe that adds it (in the

@@ -60,6 +60,39 @@ class DataConfig:
     hflip_prob: float = 0.5
     """Probability of a horizontal flip of a training image (and its boxes). Source: the paper (0.5, as
     DETR)."""
+    mosaic_prob: float = 0.0
+    """Dense O2O: the probability that a training sample inside the mosaic window (from `aug_start` to
+    `mosaic_stop`) is a mosaic of four training images, itself and three drawn at random (data/mosaic.py), so
+    that the one-to-one matching sees more targets per image; 0 = off. A mosaic then gets the flip and the
+    multi-scale resize, never the crop branch (DEIM keeps its crops and Mosaic out of one sample). Source: DEIM
+    (Huang et al. 2025; 0.5). Not in the paper."""
+    mosaic_size: int = 320
+    """Mosaic: each of the four images is resized to this short side, then they are tiled 2 x 2 on a canvas
+    twice the largest tile's height and width. Source: DEIM (320, half its 640 px training size). Not in the
+    paper."""
+    mosaic_degrees: float = 10.0
+    """Mosaic: the random affine after the tiling rotates the canvas by up to this many degrees (the boxes
+    become the boxes around their rotated corners). Source: DEIM (10). Not in the paper."""
+    mosaic_translate: float = 0.1
+    """Mosaic: the random affine shifts the canvas by up to this fraction of its width and height. Source:
+    DEIM (0.1). Not in the paper."""
+    mosaic_scale: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    """Mosaic: the random affine scales the canvas by a factor drawn in [min, max] (the canvas keeps its
+    size; boxes are clipped to it and the ones left under 1 px dropped). Source: DEIM ([0.5, 1.5]). Not in the
+    paper."""
+    aug_start: float = 0.0
+    """Augmentation warm-up: before this fraction of the run, training images get no strong augmentation
+    (no mosaic, no crop branch: the flip and the multi-scale resize only). The policy reads the progress of
+    the step a sample is trained in (data/policy.py), so a time budget switches at the same fraction. Source:
+    DEIM (strong augmentation from epoch 4 of 58, 0.069). Not in the paper."""
+    mosaic_stop: float = 1.0
+    """From this fraction of the run on, no more mosaics (the crop branch stays on until `aug_stop`).
+    Source: DEIM (epoch 29 of 58, 0.5). Not in the paper."""
+    aug_stop: float = 1.0
+    """The no-augmentation tail: from this fraction of the run on, training images get the flip and the eval
+    resize only (no mosaic, no crop branch, no multi-scale), and `train.lr_schedule=flat_cosine` holds its
+    lowest lr; 1 = off. Source: DEIM (epoch 50 of 58, 0.862); RT-DETR's `stop_epoch` (71 of 72). Not in the
+    paper."""
     eval_short_side: int = 800
     """Deterministic eval resize: the short side. Source: the paper (800)."""
     eval_max_size: int = 1333
@@ -166,6 +199,18 @@ class TrainConfig:
     Source: the paper (1x: after epoch 11)."""
     lr_gamma: float = 0.1
     """Factor of each lr drop. Source: the paper (0.1)."""
+    lr_schedule: str = "step"
+    """"step" | "flat_cosine": after the warm-up, "step" drops the lr at `lr_drop_epochs`; "flat_cosine" keeps
+    it flat until `lr_flat_until`, lowers it along a half cosine to `lr_min_factor` x lr at `data.aug_stop`
+    (the end of the run when there is no no-augmentation tail) and holds it there (train/schedule.py). Both
+    read fractions of the run, so a time budget follows the same curve. Source: the paper ("step");
+    DEIM's FlatCosineLRScheduler ("flat_cosine", after RTMDet). Not in the paper."""
+    lr_flat_until: float = 0.5
+    """flat_cosine: the fraction of the run until which the lr stays at its peak. Source: DEIM (epoch 29 of 58,
+    0.5). Not in the paper."""
+    lr_min_factor: float = 0.5
+    """flat_cosine: the lowest lr, as a factor of each parameter group's lr. Source: DEIM's lr_gamma (0.5).
+    Not in the paper."""
     warmup_iters: int = 500
     """Optimizer steps of the linear warm-up from `warmup_factor` x lr. Source: ours (the paper states no
     warm-up; docs/paper.md)."""

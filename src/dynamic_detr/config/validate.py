@@ -28,6 +28,7 @@ ROI_IMPLS = ("auto", "torchvision", "bags")
 QUERY_SELECTIONS = ("none", "boxes", "boxes+content")
 AMPS = ("none", "bf16", "fp16")
 FORMATS = ("auto", "coco", "yolo", "voc")
+LR_SCHEDULES = ("step", "flat_cosine")
 
 
 def model_problems(m: ModelConfig) -> Iterator[str]:
@@ -120,6 +121,12 @@ def train_problems(t: TrainConfig) -> Iterator[str]:
         yield f"train.min_delta must be a finite number >= 0 (AP points), got {t.min_delta}"
     if t.epochs < 1:
         yield "train.epochs must be >= 1"
+    if t.lr_schedule not in LR_SCHEDULES:
+        yield f"train.lr_schedule must be step|flat_cosine, got '{t.lr_schedule}'"
+    if not 0.0 <= t.lr_flat_until <= 1.0:
+        yield f"train.lr_flat_until must be a fraction of the run in [0, 1], got {t.lr_flat_until}"
+    if not 0.0 <= t.lr_min_factor <= 1.0:
+        yield f"train.lr_min_factor must be in [0, 1] (a factor of the lr), got {t.lr_min_factor}"
 
 
 def data_problems(d: DataConfig) -> Iterator[str]:
@@ -139,20 +146,54 @@ def data_problems(d: DataConfig) -> Iterator[str]:
         yield f"data.crop_resize_sides must be positive sizes, got {d.crop_resize_sides}"
     if len(d.crop_size) != 2 or not 1 <= d.crop_size[0] <= d.crop_size[1]:
         yield f"data.crop_size must be [min, max] with 1 <= min <= max, got {d.crop_size}"
-    for name in ("crop_prob", "hflip_prob"):
+    for name in ("crop_prob", "hflip_prob", "mosaic_prob"):
         p = getattr(d, name)
         if not 0.0 <= p <= 1.0:
             yield f"data.{name} must be a probability in [0, 1], got {p}"
+    yield from augment_policy_problems(d)
     if d.format not in FORMATS:
         yield "data.format must be auto|coco|yolo|voc"
     elif d.format not in ("auto", "coco") and (d.train_ann or d.train_images or d.val_ann or d.val_images):
         yield f"data.*_ann / data.*_images name a COCO file and folder; data.format is '{d.format}'"
 
 
+def augment_policy_problems(d: DataConfig) -> Iterator[str]:
+    """Dense O2O's mosaic and the augmentation policy's fractions of the run (data/policy.py)."""
+    if d.mosaic_size < 1:
+        yield f"data.mosaic_size must be a positive size, got {d.mosaic_size}"
+    if not 0.0 <= d.mosaic_degrees <= 180.0:
+        yield f"data.mosaic_degrees must be in [0, 180], got {d.mosaic_degrees}"
+    if not 0.0 <= d.mosaic_translate <= 1.0:
+        yield f"data.mosaic_translate must be a fraction in [0, 1], got {d.mosaic_translate}"
+    if len(d.mosaic_scale) != 2 or not 0.0 < d.mosaic_scale[0] <= d.mosaic_scale[1]:
+        yield f"data.mosaic_scale must be [min, max] with 0 < min <= max, got {d.mosaic_scale}"
+    for name in ("aug_start", "mosaic_stop", "aug_stop"):
+        f = getattr(d, name)
+        if not 0.0 <= f <= 1.0:
+            yield f"data.{name} must be a fraction of the run in [0, 1], got {f}"
+            return
+    if d.aug_start > d.aug_stop:
+        yield (f"data.aug_start ({d.aug_start}) must be <= data.aug_stop ({d.aug_stop}): strong augmentation runs "
+               "from aug_start until the no-augmentation tail")
+    elif d.aug_start > d.mosaic_stop:
+        yield f"data.aug_start ({d.aug_start}) must be <= data.mosaic_stop ({d.mosaic_stop})"
+    elif d.mosaic_prob > 0 and d.aug_start >= min(d.mosaic_stop, d.aug_stop):
+        yield (f"data.mosaic_prob is {d.mosaic_prob} but the mosaic window is empty: mosaics are drawn from "
+               f"data.aug_start ({d.aug_start}) until data.mosaic_stop ({d.mosaic_stop}) or data.aug_stop "
+               f"({d.aug_stop}), whichever comes first")
+
+
+def schedule_problems(t: TrainConfig, d: DataConfig) -> Iterator[str]:
+    """The flat-cosine lr reaches its floor at the no-augmentation tail (`data.aug_stop`)."""
+    if t.lr_schedule == "flat_cosine" and 0.0 <= d.aug_stop <= 1.0 and t.lr_flat_until > d.aug_stop:
+        yield (f"train.lr_flat_until ({t.lr_flat_until}) must be <= data.aug_stop ({d.aug_stop}): flat_cosine "
+               "lowers the lr after lr_flat_until and holds its floor from aug_stop on")
+
+
 def config_problems(cfg: Config) -> list[str]:
     """Every problem of a whole config, model first."""
     return [*model_problems(cfg.model), *loss_problems(cfg.loss, cfg.model), *train_problems(cfg.train),
-            *data_problems(cfg.data)]
+            *data_problems(cfg.data), *schedule_problems(cfg.train, cfg.data)]
 
 
 def check_config(cfg: Config, source: str = "config") -> None:

@@ -11,6 +11,7 @@ from ..config import DataConfig
 from .coco import CocoDetection
 from .collate import build_loader
 from .layout import split_source
+from .policy import TrainSamples
 from .sampler import GroupedBatchSampler, ResumableSampler, SeededDataset
 from .transforms import build_transforms
 
@@ -23,13 +24,14 @@ def load_split(root: str | Path, split: str, data: DataConfig) -> CocoDetection:
 
 def train_loader(dataset: CocoDetection, data: DataConfig, batch_size: int, seed: int, *, world_size: int = 1,
                  rank: int = 0) -> tuple[DataLoader, Sampler]:
-    """The training loader of `dataset` and its sampler (`set_epoch(epoch, start=...)` before each epoch): this
-    rank's share of each epoch's shuffle, resumable mid-epoch; batches of one orientation when
-    `data.group_by_aspect`; augmentations of `build_transforms(train=True)` seeded per (seed, epoch, index)."""
+    """The training loader of `dataset` and its sampler (`set_epoch(epoch, start=..., progress=...)` before each
+    epoch): this rank's share of each epoch's shuffle, resumable mid-epoch; batches of one orientation when
+    `data.group_by_aspect`; augmentations seeded per (seed, epoch, index), chosen by the augmentation policy
+    (`policy.TrainSamples`: mosaics, warm-up, no-augmentation tail) from the progress the sampler attaches."""
     sampler: Sampler = ResumableSampler(len(dataset), shuffle=True, seed=seed, num_replicas=world_size, rank=rank)
     if data.group_by_aspect:  # batches of one orientation; same set_epoch / per_rank, built per rank
         sampler = GroupedBatchSampler(sampler, dataset.aspect_groups(), batch_size)
-    loader = build_loader(SeededDataset(dataset, build_transforms(data, train=True)), batch_size, train=True,
+    loader = build_loader(TrainSamples(dataset, data), batch_size, train=True,
                           num_workers=data.num_workers, size_divisibility=data.size_divisibility, sampler=sampler,
                           seed=seed)
     return loader, sampler

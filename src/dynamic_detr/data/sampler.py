@@ -2,7 +2,10 @@
 
 Each item is `(index, sample_seed)`: the dataset wrapper seeds the augmentation RNG with `sample_seed`, so a
 sample's random flip/scale/crop depends only on (seed, epoch, index), not on worker count, prefetching or
-where a run was interrupted. This is what makes resumed runs identical to uninterrupted ones.
+where a run was interrupted. This is what makes resumed runs identical to uninterrupted ones. Given a
+`progress` function at `set_epoch` (training), an item is `(index, sample_seed, progress)`: the fraction of the
+run at which the sample is trained, for the augmentation policy (data/policy.py), computed here in the main
+process from the sample's position in the epoch, so that DataLoader workers receive it with the item.
 
 `GroupedBatchSampler` forms the training batches from a `ResumableSampler`'s order by aspect group
 (`data.group_by_aspect`), with the same `set_epoch` / `per_rank` interface.
@@ -10,7 +13,7 @@ where a run was interrupted. This is what makes resumed runs identical to uninte
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,11 +36,15 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.pad = pad
         self.epoch = 0
         self.start = 0
+        self.progress: Callable[[int], float] | None = None
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch's order; skip the first `start` samples of this rank's share (resume)."""
+    def set_epoch(self, epoch: int, start: int = 0, progress: Callable[[int], float] | None = None) -> None:
+        """Select the epoch's order; skip the first `start` samples of this rank's share (resume). `progress`
+        maps a position in this rank's epoch (0 = its first sample) to the run's progress there; with it the
+        items carry their progress."""
         self.epoch = epoch
         self.start = start
+        self.progress = progress
 
     def _indices(self) -> list[int]:
         if self.shuffle:
@@ -58,10 +65,14 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         return max(self.per_rank() - self.start, 0)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int] | tuple[int, int, float]]:
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
-        for i in self._indices()[self.start:]:
-            yield i, (base + i) % (2**63 - 1)
+        progress = self.progress
+        for position, i in enumerate(self._indices()[self.start:], start=self.start):
+            if progress is None:
+                yield i, (base + i) % (2**63 - 1)
+            else:
+                yield i, (base + i) % (2**63 - 1), progress(position)
 
 
 class GroupedBatchSampler(BatchSampler):
@@ -89,14 +100,17 @@ class GroupedBatchSampler(BatchSampler):
         self.batch_size = batch_size
         self.drop_last = False
         self.start = 0
+        self.progress: Callable[[int], float] | None = None
 
     @property
     def epoch(self) -> int:
         return self.sampler.epoch
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
+    def set_epoch(self, epoch: int, start: int = 0, progress: Callable[[int], float] | None = None) -> None:
+        """As `ResumableSampler.set_epoch`; positions count the samples of this rank's batches in their order."""
         self.sampler.set_epoch(epoch)  # the whole epoch's order: the batches depend on all of it
         self.start = start
+        self.progress = progress
 
     def per_rank(self) -> int:
         return self.sampler.per_rank()
@@ -122,9 +136,12 @@ class GroupedBatchSampler(BatchSampler):
         n = self.per_rank()
         return 0 if self.start >= n else -(-n // self.batch_size) - self.start // self.batch_size
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        skip = self.start
+    def __iter__(self) -> Iterator[list[tuple[int, int]] | list[tuple[int, int, float]]]:
+        skip, position, progress = self.start, 0, self.progress
         for batch in self.batches():
+            if progress is not None:
+                batch = [(*item, progress(position + k)) for k, item in enumerate(batch)]
+            position += len(batch)
             if skip >= len(batch):
                 skip -= len(batch)
                 continue
@@ -133,8 +150,10 @@ class GroupedBatchSampler(BatchSampler):
 
 
 class SeededDataset(torch.utils.data.Dataset):
-    """Wraps a dataset without transforms: `ds[(i, seed)]` applies `transforms` under a forked RNG seeded
-    with `seed` (torch, which transforms.v2 uses). Plain integer keys use the ambient RNG."""
+    """Wraps a dataset without transforms: `ds[(i, seed)]` (or `(i, seed, progress)`: a training sampler's
+    item) is `sample(i, progress)`, run under a forked RNG seeded with `seed` (torch, which transforms.v2 uses).
+    Plain integer keys use the ambient RNG. `sample` applies `transforms`; `data.policy.TrainSamples` makes it
+    depend on the progress."""
 
     def __init__(self, dataset, transforms) -> None:
         self.dataset = dataset
@@ -143,14 +162,14 @@ class SeededDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def sample(self, index: int, progress: float | None = None):
+        image, target = self.dataset[index]
+        return (image, target) if self.transforms is None else self.transforms(image, target)
+
     def __getitem__(self, key):
         if isinstance(key, tuple):
-            index, seed = key
-            image, target = self.dataset[index]
-            if self.transforms is None:
-                return image, target
+            index, seed, *progress = key
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self.transforms(image, target)
-        image, target = self.dataset[key]
-        return (image, target) if self.transforms is None else self.transforms(image, target)
+                return self.sample(index, *progress)
+        return self.sample(key)

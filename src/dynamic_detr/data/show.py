@@ -1,10 +1,12 @@
 """`dynamic-detr data show`: look at a dataset as the model is shown it.
 
 * samples: N images with their ground-truth boxes and class names drawn. With `augment`, after the training
-  augmentations exactly as the trainer applies them: `build_transforms(train=True)` under the per-sample seed
-  of `ResumableSampler` (`data/sampler.py`), so the N pictures are the first N samples of epoch 0 of a
-  one-process run with `train.seed = seed`. A crop or flip that moves the image but not the boxes shows here.
-  Without `augment` the same N images as read from disk.
+  augmentations as the trainer applies them at full strength (`policy.TrainSamples` without a progress: the
+  paper's recipe, and Dense O2O's mosaics at `data.mosaic_prob`; not the warm-up's or the tail's lighter
+  recipes) under the per-sample seed of `ResumableSampler` (`data/sampler.py`): with the augmentation policy
+  off (the default), the N pictures are the first N samples of epoch 0 of a one-process run with
+  `train.seed = seed`. A crop, flip or mosaic that moves the image but not the boxes shows here. Without
+  `augment` the same N images as read from disk.
 * summary: objects per class, object size (sqrt of the COCO `area`, px, with COCO's small / medium / large
   boundaries at 32 and 96, as COCO AP and `data check` count them) and boxes per image. Counts include crowd
   annotations, as `data check`'s do (training ignores them, DETR).
@@ -22,9 +24,9 @@ import torch
 from ..config import DataConfig
 from ..visualize import draw_ground_truth
 from .coco import CocoDetection
+from .policy import TrainSamples
 from .records import Records
 from .sampler import ResumableSampler, SeededDataset
-from .transforms import build_transforms
 
 SIZE_BOUNDS = (32, 96)
 """COCO's small / medium / large boundaries on sqrt(area), px."""
@@ -75,7 +77,7 @@ def show_samples(root: Path, split: str, out: Path, n: int, seed: int, augment: 
         from .loaders import load_split
 
         dataset = load_split(root, split, data_cfg)
-    view = SeededDataset(dataset, build_transforms(data_cfg, train=True) if augment else None)
+    view = TrainSamples(dataset, data_cfg) if augment else SeededDataset(dataset, None)
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=seed)
     sampler.set_epoch(0)
     records = dataset.records

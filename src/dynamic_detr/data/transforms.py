@@ -5,6 +5,9 @@ Train (DETR / paper recipe): horizontal flip; then with probability 1 - crop_pro
 (short side from `crop_resize_sides`, a random crop with sides in `crop_size`, then the multi-scale resize);
 drop boxes the crop emptied; uint8 -> float32 in [0, 1]. No mean/std normalisation: the model does it.
 Eval: resize the short side to `eval_short_side` (long side capped at `eval_max_size`), to float.
+The augmentation policy (data/policy.py) picks a train recipe per sample from `TRAIN_STAGES`: "full" (the
+above), "plain" (no crop branch: the augmentation warm-up, and what a mosaic gets) and "tail" (the flip and the
+eval resize: the no-augmentation tail).
 
 The resize (`ResizeShortSide`) is `v2.Resize([s], max_size=m)`'s rule, "short side = s unless the long side would
 exceed m, then long side = m" (tests/data check it), except that no side goes below 1 px (torchvision floors
@@ -94,26 +97,48 @@ def resize_short_side(sizes: list[int], max_size: int | None) -> v2.Transform:
     return resizes[0] if len(resizes) == 1 else v2.RandomChoice(resizes)
 
 
-def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
-    """The train or eval recipe; takes and returns `(image, target)` as served by `CocoDetection`. A data section
-    the config's checks refuse (sizes, probabilities) is a ConfigError from them (`config/validate.py`)."""
+TRAIN_STAGES = ("full", "plain", "tail")
+"""The train recipes `build_transforms` makes: "full" the paper's (flip, multi-scale resize or resize-crop),
+"plain" without the crop branch, "tail" the flip and the eval resize."""
+
+
+PER_BOX_KEYS = ("labels", "area", "iscrowd")
+"""Target entries with one value per box (`area` / `iscrowd` when a target has them): dropped with their box."""
+
+
+def per_box_tensors(inputs: Any) -> tuple[torch.Tensor, ...]:
+    """`SanitizeBoundingBoxes`' `labels_getter`: the target's `PER_BOX_KEYS` tensors, so that the boxes it drops
+    leave them aligned. `inputs` is `(image, target)`."""
+    target = inputs[1]
+    return tuple(target[k] for k in PER_BOX_KEYS if k in target)
+
+
+def build_transforms(cfg: DataConfig, train: bool, stage: str = "full") -> v2.Compose:
+    """The train recipe of `stage` (`TRAIN_STAGES`) or the eval recipe; takes and returns `(image, target)` as
+    served by `CocoDetection`. A data section the config's checks refuse (sizes, probabilities) is a ConfigError
+    from them (`config/validate.py`)."""
     check_data(cfg)
+    if stage not in TRAIN_STAGES:
+        raise ValueError(f"stage must be one of {', '.join(TRAIN_STAGES)}, got '{stage}'")
     to_float = v2.ToDtype(torch.float32, scale=True)
     if not train:
         return v2.Compose([resize_short_side([cfg.eval_short_side], cfg.eval_max_size), to_float])
-    multi_scale = resize_short_side(cfg.train_short_sides, cfg.train_max_size)
-    crop_branch = v2.Compose([
-        resize_short_side(cfg.crop_resize_sides, None),
-        RandomSizeCrop(cfg.crop_size[0], cfg.crop_size[1]),
-        multi_scale,
-    ])
-    branches = [multi_scale, crop_branch]
-    probs = [1.0 - cfg.crop_prob, cfg.crop_prob]
+    if stage == "tail":
+        resize: v2.Transform = resize_short_side([cfg.eval_short_side], cfg.eval_max_size)
+    elif stage == "plain":
+        resize = resize_short_side(cfg.train_short_sides, cfg.train_max_size)
+    else:
+        multi_scale = resize_short_side(cfg.train_short_sides, cfg.train_max_size)
+        crop_branch = v2.Compose([
+            resize_short_side(cfg.crop_resize_sides, None),
+            RandomSizeCrop(cfg.crop_size[0], cfg.crop_size[1]),
+            multi_scale,
+        ])
+        resize = v2.RandomChoice([multi_scale, crop_branch], p=[1.0 - cfg.crop_prob, cfg.crop_prob])
     return v2.Compose([
         v2.RandomHorizontalFlip(cfg.hflip_prob),
-        v2.RandomChoice(branches, p=probs),
+        resize,
         v2.ClampBoundingBoxes(),  # float round-off at the right / bottom edge must not drop a box
-        v2.SanitizeBoundingBoxes(min_size=1.0),
+        v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=per_box_tensors),
         to_float,
     ])
-

@@ -4,6 +4,7 @@ and the stop and time-budget checks at window ends."""
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import warnings
@@ -27,7 +28,8 @@ def train_one_epoch(trainer: Trainer, stop: StopFlag) -> str:
     "time budget mid-epoch", "interrupted" or "stopped: non-finite"."""
     t, optim = trainer.cfg.train, trainer.optim
     epoch = trainer.state["epoch"]
-    trainer.train_sampler.set_epoch(epoch, start=trainer.state["epoch_samples"])
+    trainer.train_sampler.set_epoch(epoch, start=trainer.state["epoch_samples"],
+                                    progress=functools.partial(trainer.sample_progress, epoch))
     trainer.ddp.train()
     # the epoch's loss sums so far live in the checkpointed state, so that a resumed epoch (after a stop or
     # a kill) reports the mean over all of its steps in results.csv, not only over those after the resume

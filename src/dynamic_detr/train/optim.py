@@ -1,5 +1,6 @@
-"""Optimisation: AdamW over parameter groups (backbone, sampling offsets, dynamic-filter generators), the warm-up +
-step schedule, gradient clipping, the fp16 GradScaler and the EMA of the weights (`train.ema`)."""
+"""Optimisation: AdamW over parameter groups (backbone, sampling offsets, dynamic-filter generators), the lr
+schedule (warm-up, then step drops or flat-cosine), gradient clipping, the fp16 GradScaler and the EMA of the
+weights (`train.ema`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from .. import distributed as dist_utils
 from ..config import TrainConfig
-from .schedule import WarmupStepSchedule
+from .schedule import Schedule, build_schedule
 
 
 @dataclass
@@ -18,18 +19,18 @@ class Optimization:
     """What updates the weights of one run; `step` ends an accumulation window."""
 
     optimizer: torch.optim.AdamW
-    schedule: WarmupStepSchedule
+    schedule: Schedule
     scaler: torch.amp.GradScaler
     ema: torch.optim.swa_utils.AveragedModel | None
     clip_max_norm: float
     device: torch.device
 
     @classmethod
-    def build(cls, model: torch.nn.Module, t: TrainConfig, device: torch.device) -> Optimization:
+    def build(cls, model: torch.nn.Module, t: TrainConfig, device: torch.device,
+              floor_from: float = 1.0) -> Optimization:
+        """`floor_from`: where a flat-cosine lr reaches its floor (`data.aug_stop`, `schedule.build_schedule`)."""
         groups = param_groups(model, t)
-        drop_at = [e / t.epochs for e in t.lr_drop_epochs if 0 < e < t.epochs]  # fractions of the run
-        schedule = WarmupStepSchedule([g["lr"] for g in groups], t.warmup_iters, t.warmup_factor, drop_at,
-                                      t.lr_gamma)
+        schedule = build_schedule(t, [g["lr"] for g in groups], floor_from)
         ema = None
         if t.ema:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn

@@ -1,5 +1,6 @@
-"""The training loop: AdamW (separate backbone lr), warm-up + step schedule, clipping, accumulation, AMP,
-EMA, epoch and time budgets, early stopping, checkpoint/resume, evaluation, and the run folder.
+"""The training loop: AdamW (separate backbone lr), warm-up + step or flat-cosine schedule, clipping,
+accumulation, AMP, EMA, the augmentation policy's progress, epoch and time budgets, early stopping,
+checkpoint/resume, evaluation, and the run folder.
 
     run/config.yaml          resolved config (num_classes and category ids filled from the dataset)
     run/results.csv          one row per epoch: every loss term, lr, time, val AP..APl, the dynamic encoder's gates,
@@ -184,7 +185,7 @@ class Trainer:
         self.model = model
         self.criterion = SetCriterion(cfg.model.num_classes, cfg.loss, cfg.model.class_loss,
                                       cfg.model.dense.center_radius)
-        self.optim = Optimization.build(model, cfg.train, self.device)
+        self.optim = Optimization.build(model, cfg.train, self.device, floor_from=cfg.data.aug_stop)
         self.ddp = model
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -199,14 +200,25 @@ class Trainer:
         save(self, best)
 
     # ------------------------------------------------------------------ loop
+    def steps_per_epoch(self) -> int:
+        t = self.cfg.train
+        return math.ceil(self.train_sampler.per_rank() / t.batch_size / t.accumulate)
+
     def run_progress(self, step: int) -> float:
         """The fraction of the run done at optimizer step `step`: of its steps, or of its minutes if further."""
-        t = self.cfg.train
-        total = t.epochs * math.ceil(self.train_sampler.per_rank() / t.batch_size / t.accumulate)
-        p = step / max(total, 1)
+        p = step / max(self.cfg.train.epochs * self.steps_per_epoch(), 1)
         if self.minutes:
             p = max(p, self.state["elapsed"] / (60 * self.minutes))
         return min(p, 1.0)
+
+    def sample_progress(self, epoch: int, position: int) -> float:
+        """The run's progress at the step that trains the sample at `position` of this rank's epoch `epoch`, for
+        the augmentation policy (data/policy.py): `run_progress` of that step counted from the epoch's start
+        (skipped non-finite steps counted), so the same in a resumed run; with a time budget the minutes' share
+        is read now, when the loader draws the item (a few batches ahead of the step)."""
+        t = self.cfg.train
+        window = position // t.batch_size // t.accumulate  # accumulation windows restart at each epoch
+        return self.run_progress(epoch * self.steps_per_epoch() + window)
 
     def out_of_time(self) -> bool:
         return out_of_time(self.minutes, self.state["elapsed"])
