@@ -23,8 +23,10 @@ Default setup (documented in docs/benchmarks.md): the synthetic dataset, 480 tra
 init seed 0; 8 epochs and 6 minutes. `--seed` changes the init (weights and training order) only, `--data-seed`
 the dataset: runs of several init seeds on one dataset are compared pairwise by `benchmarks/paired.py`.
 
-    .venv/bin/python benchmarks/convergence.py                       # all contenders, ~75 minutes on 2 cores
+    .venv/bin/python benchmarks/convergence.py                       # all contenders (~75 min on 2 cores before
+                                                                     # RT-DETR and D-FINE-N joined; D-FINE-S: --only)
     .venv/bin/python benchmarks/convergence.py --only dynamic_detr hf_detr --epochs 2
+    .venv/bin/python benchmarks/convergence.py --only hf_dfine_n --peer-set hf_dfine_n.lr=4e-4 --out DIR
     .venv/bin/python benchmarks/convergence.py --data /coco --preset paper_r50 --image-size 0 \\
         --epochs 12 --minutes 0 --device cuda                         # full scale, COCO layout
     .venv/bin/python benchmarks/convergence.py --quick               # smoke run (the test suite calls it)
@@ -78,7 +80,8 @@ def train_one(name: str, cfg, data: Path, args, device: torch.device) -> dict[st
     """Train contender `name` for max(epochs, minutes); its AP history, both budgets' points and speed."""
     train_set, val_set = common.datasets(data, cfg)
     common.seed_everything(args.seed)
-    c = peers.build(name, cfg, len(train_set.category_ids), args.batch_size)
+    c = peers.build(name, cfg, len(train_set.category_ids), args.batch_size,
+                    peers.peer_settings(args.peer_set).get(name))
     c.model.to(device)
     run_cfg = peers.ablation_config(name, cfg) if name in peers.OURS else cfg
     over_the_run = common.schedules_over_the_run(run_cfg)
@@ -200,7 +203,7 @@ def ratios(results: dict[str, Any], budget: str) -> str:
     if ours is None:
         return ""
     lines = []
-    for name in peers.PEERS:
+    for name in peers.PEERS + peers.EXTRA_PEERS:
         p = (results.get(name) or {}).get(budget)
         if p is None:
             continue
@@ -276,7 +279,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-seed", type=int, default=0,
                    help="seed of the generated synthetic dataset, kept apart from --seed so that runs with "
                         "several init seeds see the same images (benchmarks/paired.py compares them)")
-    p.add_argument("--only", nargs="+", choices=peers.ALL, help="contenders to run (default: all)")
+    p.add_argument("--only", nargs="+", choices=peers.CHOICES,
+                   help=f"contenders to run (default: all but {', '.join(peers.EXTRA_PEERS)})")
+    p.add_argument("--peer-set", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="change one of a peer's settings (peers.SETTINGS) for this run, e.g. "
+                        "hf_dfine_n.lr=4e-4 (repeatable; recorded in the setup: use another --out per value)")
     p.add_argument("--device", default="auto")
     p.add_argument("--work", type=Path, default=common.ROOT / "runs" / "bench", help="where data is generated")
     p.add_argument("--out", type=Path, default=common.RESULTS, help="folder for the results files")
@@ -288,6 +295,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.synth, args.image_size, args.preset, args.epochs = [16, 8], 128, "cpu_tiny", 1
         args.minutes, args.batch_size = 0.05, 4
         args.overrides = [*args.overrides, "data.num_workers=0"]
+        args.peer_set = [*peers.QUICK_PEER_SETTINGS, *args.peer_set]
+    try:
+        peers.peer_settings(args.peer_set)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -310,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     setup = {"data": data_desc, "preset": args.preset, "overrides": overrides, "epochs": args.epochs,
              "minutes": args.minutes, "batch_size": args.batch_size, "seed": args.seed, "config": digest}
+    if args.peer_set:
+        setup["peer_settings"] = list(args.peer_set)
     if args.lr_drop:
         if not 0 < args.lr_drop < args.epochs:
             raise SystemExit(f"--lr-drop {args.lr_drop}: must be between 1 and --epochs - 1 ({args.epochs - 1})")

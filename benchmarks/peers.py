@@ -1,5 +1,5 @@
 """The contenders of the benchmarks behind one interface: Dynamic DETR, its ablations, and the peers a user
-would pick instead (Hugging Face DETR and Deformable DETR, torchvision FCOS and RetinaNet).
+would pick instead (Hugging Face DETR, Deformable DETR, RT-DETR and D-FINE, torchvision FCOS and RetinaNet).
 
 Every contender is built at a matched size from random weights (nothing can be downloaded here), takes our
 `Batch` (images in [0, 1], padding masks, cxcywh-normalised targets) and returns a loss in training and
@@ -17,10 +17,16 @@ Choices, the same for every contender:
   image, as COCO AP expects.
 - torchvision's detectors resize every input to `min_size`; here the data pipeline has already resized (the
   same multi-scale recipe for all), so their resize step is an identity.
+- RT-DETR and D-FINE (`peers_rtdetr.py`) are built at their official sizes, not the preset's (their point is
+  the model people pick today), with the official init and, for D-FINE, the official loss restored.
+
+A peer's settings (`SETTINGS`) can be changed for one run: `--peer-set NAME.KEY=VALUE` in convergence.py and
+speed.py (`peer_settings`), e.g. `--peer-set hf_dfine_n.lr=4e-4` to try another lr.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import warnings
@@ -34,11 +40,12 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
+import peers_rtdetr
 from dynamic_detr.config import RECIPE, Config, apply_overrides, recipe_rung
 from dynamic_detr.data.collate import Batch
 from dynamic_detr.evaluate.inference import autocast
 from dynamic_detr.model import DynamicDETR
-from dynamic_detr.model.detector import IMAGENET_MEAN, IMAGENET_STD, top_k_detections
+from dynamic_detr.model.detector import top_k_detections
 from dynamic_detr.objective.criterion import SetCriterion
 from dynamic_detr.train.optim import adamw, param_groups
 
@@ -71,8 +78,13 @@ positives), offsets and masks at 0.1x lr; the preset's ReZero gate (a per-channe
 worse per step). `encoder_static` is the same encoder with nothing dynamic (`model.encoder.dynamic=false`):
 the same cost."""
 OURS = LADDER + ABLATIONS
-PEERS = ("hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet")
+PEERS = ("hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet", "hf_rtdetr_r18", "hf_dfine_n")
+EXTRA_PEERS = ("hf_dfine_s",)
+"""Peers run only when named (`--only`): not in the default runs nor in the --quick runs the tests make."""
 ALL = OURS + PEERS
+CHOICES = ALL + EXTRA_PEERS
+QUICK_PEER_SETTINGS = ["hf_rtdetr_r18.size=preset", "hf_dfine_n.size=preset", "hf_dfine_s.size=preset"]
+"""--quick runs (cpu_tiny): the peers built at official sizes are cut to the preset's."""
 LABELS = {
     "faithful": "ours, the paper's model",
     "fixes": "+ start-up fixes",
@@ -100,6 +112,9 @@ LABELS = {
     "hf_deformable_detr": "Deformable DETR (HF transformers)",
     "tv_fcos": "FCOS (torchvision)",
     "tv_retinanet": "RetinaNet v2 (torchvision)",
+    "hf_rtdetr_r18": "RT-DETRv2-R18 (HF transformers)",
+    "hf_dfine_n": "D-FINE-N (HF transformers)",
+    "hf_dfine_s": "D-FINE-S (HF transformers)",
 }
 SETTINGS = {
     # ours: the preset's own train section (cpu_small: AdamW 4e-4, wd 1e-4, clip 1.0)
@@ -109,7 +124,16 @@ SETTINGS = {
     # torchvision references (detection/README): SGD 0.9, wd 1e-4, 0.01 at batch 16 -> linear to the batch
     "tv_fcos": {"optimizer": "sgd", "lr_per_16": 0.01, "weight_decay": 1e-4, "clip": 0.0},
     "tv_retinanet": {"optimizer": "sgd", "lr_per_16": 0.01, "weight_decay": 1e-4, "clip": 0.0},
+    # RT-DETRv2 repo, rtdetrv2_r18vd_120e_coco (batch 16): AdamW 1e-4 (its backbone too), wd 1e-4 (0 on norms)
+    "hf_rtdetr_r18": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "clip": 0.1, "size": "official"},
+    # D-FINE repo, dfine_hgnetv2_{n,s}_coco: AdamW, N 8e-4 at batch 128, S 2e-4 at batch 32 (backbones at half
+    # of it), wd 1e-4 (0 on norms and encoder / decoder biases)
+    "hf_dfine_n": {"optimizer": "adamw", "lr": 8e-4, "weight_decay": 1e-4, "clip": 0.1, "size": "official"},
+    "hf_dfine_s": {"optimizer": "adamw", "lr": 2e-4, "weight_decay": 1e-4, "clip": 0.1, "size": "official"},
 }
+"""Each peer's recipe: its repository's optimiser, lr, weight decay and clipping, adapted to random init (one
+lr for the backbone too; the lr is not rescaled to our batch: AdamW's customary lr is kept, as for DETR, and
+`--peer-set NAME.lr=...` tries others). `size` (RT-DETR, D-FINE): "official" or "preset" (peers_rtdetr.py)."""
 
 
 @dataclass
@@ -135,12 +159,47 @@ class Contender:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build(name: str, cfg: Config, num_classes: int, batch_size: int) -> Contender:
-    """Contender `name` (one of `ALL`) matched to `cfg.model` (depth, hidden size, layers, queries, heads)."""
+def build(name: str, cfg: Config, num_classes: int, batch_size: int,
+          settings: dict[str, Any] | None = None) -> Contender:
+    """Contender `name` (one of `CHOICES`) matched to `cfg.model` (depth, hidden size, layers, queries, heads;
+    RT-DETR and D-FINE: their official sizes), a peer with `settings` over its `SETTINGS`."""
     if name in OURS:
+        if settings:
+            raise ValueError(f"{name}: our contenders take config overrides (train.lr=...), not peer settings")
         return _ours(name, cfg, num_classes)
+    s = {**SETTINGS[name], **(settings or {})}
+    if name in ("hf_rtdetr_r18", "hf_dfine_n", "hf_dfine_s"):
+        model, loss, detect, opt = peers_rtdetr.build_detr_family(name, cfg, num_classes, s)
+        return Contender(name, model, opt, s["clip"], loss, detect, s)
     return {"hf_detr": _hf_detr, "hf_deformable_detr": _hf_deformable_detr, "tv_fcos": _tv_fcos,
-            "tv_retinanet": _tv_retinanet}[name](cfg, num_classes, batch_size)
+            "tv_retinanet": _tv_retinanet}[name](cfg, num_classes, batch_size, s)
+
+
+def peer_settings(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """`["hf_dfine_n.lr=4e-4", ...]` (the --peer-set options) -> {peer: {key: value}}; a value is read as a
+    Python literal (number, string...); the key must be one of the peer's `SETTINGS` (or `lr`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        target, sep, text = item.partition("=")
+        name, dot, key = target.partition(".")
+        if not (sep and dot and key):
+            raise ValueError(f"--peer-set {item!r}: expected NAME.KEY=VALUE, e.g. hf_dfine_n.lr=4e-4")
+        if name not in SETTINGS:
+            raise ValueError(f"--peer-set {item!r}: {name!r} is not a peer ({', '.join(SETTINGS)})")
+        if key not in {*SETTINGS[name], "lr"}:
+            raise ValueError(f"--peer-set {item!r}: {name} has no setting {key!r} "
+                             f"({', '.join(sorted({*SETTINGS[name], 'lr'}))})")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        default = SETTINGS[name].get(key, 0.0)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise ValueError(f"--peer-set {item!r}: {key} takes a {type(default).__name__}")
+        out.setdefault(name, {})[key] = value
+    return out
 
 
 # ---------------------------------------------------------------- ours
@@ -241,12 +300,8 @@ def thaw_batchnorm(module: nn.Module) -> int:
 
 
 def _hf(model: nn.Module, focal: bool, settings: dict[str, Any]) -> tuple[Callable, Callable, torch.optim.Optimizer]:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
     def inputs(batch: Batch) -> dict[str, Tensor]:
-        x = ((batch.images - mean.to(batch.images)) / std.to(batch.images)).masked_fill(batch.masks[:, None], 0)
-        return {"pixel_values": x, "pixel_mask": (~batch.masks).long()}
+        return {"pixel_values": peers_rtdetr.hf_pixels(batch), "pixel_mask": (~batch.masks).long()}
 
     def loss(batch: Batch) -> Tensor:
         labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in batch.targets]
@@ -266,19 +321,18 @@ def _hf(model: nn.Module, focal: bool, settings: dict[str, Any]) -> tuple[Callab
     return loss, detect, opt
 
 
-def _hf_detr(cfg: Config, num_classes: int, batch_size: int) -> Contender:
+def _hf_detr(cfg: Config, num_classes: int, batch_size: int, s: dict[str, Any]) -> Contender:
     from transformers import DetrConfig, DetrForObjectDetection
 
     hf_cfg = DetrConfig(backbone_config=_hf_backbone_config(cfg.model.backbone.depth, [4]),
                         **_hf_common(cfg, num_classes))
     model = _quiet(DetrForObjectDetection, hf_cfg)
     thaw_batchnorm(model)
-    s = dict(SETTINGS["hf_detr"])
     loss, detect, opt = _hf(model, focal=False, settings=s)
     return Contender("hf_detr", model, opt, s["clip"], loss, detect, s)
 
 
-def _hf_deformable_detr(cfg: Config, num_classes: int, batch_size: int) -> Contender:
+def _hf_deformable_detr(cfg: Config, num_classes: int, batch_size: int, s: dict[str, Any]) -> Contender:
     from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
 
     # 4 levels: C3-C5 and one extra from C5 (the Deformable DETR recipe; ours uses 5 FPN levels)
@@ -286,7 +340,6 @@ def _hf_deformable_detr(cfg: Config, num_classes: int, batch_size: int) -> Conte
                                   num_feature_levels=4, **_hf_common(cfg, num_classes))
     model = _quiet(DeformableDetrForObjectDetection, hf_cfg)
     thaw_batchnorm(model)
-    s = dict(SETTINGS["hf_deformable_detr"])
     loss, detect, opt = _hf(model, focal=True, settings=s)
     return Contender("hf_deformable_detr", model, opt, s["clip"], loss, detect, s)
 
@@ -332,23 +385,22 @@ def _tv(model: nn.Module, settings: dict[str, Any], batch_size: int) -> tuple[Ca
             out.append({"boxes": r["boxes"] * scale, "scores": r["scores"], "labels": r["labels"] - 1})
         return out
 
-    lr = settings["lr_per_16"] * batch_size / 16
+    lr = settings.get("lr", settings["lr_per_16"] * batch_size / 16)  # --peer-set NAME.lr=... wins
     settings["lr"] = lr
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=settings["weight_decay"])
     return loss, detect, opt
 
 
-def _tv_fcos(cfg: Config, num_classes: int, batch_size: int) -> Contender:
+def _tv_fcos(cfg: Config, num_classes: int, batch_size: int, s: dict[str, Any]) -> Contender:
     from torchvision.models.detection import FCOS
 
     model = FCOS(tv_backbone(cfg.model.backbone.depth, cfg.model.hidden_dim), num_classes + 1,
                  score_thresh=0.0, detections_per_img=100)
-    s = dict(SETTINGS["tv_fcos"])
     loss, detect, opt = _tv(model, s, batch_size)
     return Contender("tv_fcos", model, opt, s["clip"], loss, detect, s)
 
 
-def _tv_retinanet(cfg: Config, num_classes: int, batch_size: int) -> Contender:
+def _tv_retinanet(cfg: Config, num_classes: int, batch_size: int, s: dict[str, Any]) -> Contender:
     from torchvision.models.detection import RetinaNet
     from torchvision.models.detection.retinanet import RetinaNetHead, _default_anchorgen
 
@@ -360,7 +412,6 @@ def _tv_retinanet(cfg: Config, num_classes: int, batch_size: int) -> Contender:
     head.regression_head._loss_type = "giou"
     model = RetinaNet(tv_backbone(cfg.model.backbone.depth, channels), num_classes + 1, anchor_generator=anchors,
                       head=head, score_thresh=0.0, detections_per_img=100)
-    s = dict(SETTINGS["tv_retinanet"])
     loss, detect, opt = _tv(model, s, batch_size)
     return Contender("tv_retinanet", model, opt, s["clip"], loss, detect, s)
 

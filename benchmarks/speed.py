@@ -12,8 +12,10 @@ CPU, `max_memory_allocated` on CUDA) is read after the timed runs and before the
 hold more than a plain step (the checkpointed contender's peak was 1.3x higher with them); `start_mb` is the
 memory before the first step (CPU: the RSS of Python, torch, the libraries, the model and the batch).
 
-    .venv/bin/python benchmarks/speed.py                          # cpu_small and cpu_tiny vs peers, ~8 min
+    .venv/bin/python benchmarks/speed.py                          # cpu_small and cpu_tiny vs peers (~8 min
+                                                                  # before RT-DETR and D-FINE-N joined)
     .venv/bin/python benchmarks/speed.py --presets paper_r50 --device cuda --image-size 800 1216
+    .venv/bin/python benchmarks/speed.py --presets cpu_small --only dynamic_detr hf_rtdetr_r18 hf_dfine_n hf_dfine_s
     .venv/bin/python benchmarks/speed.py --quick                  # smoke run (the test suite calls it)
 
 Writes `<out>/speed.json` and `speed.md`. Never run it while another job uses the cores.
@@ -79,7 +81,8 @@ def measure(preset: str, name: str, args) -> dict[str, Any]:
     cfg = common.make_config(preset, overrides)
     data = Path(args.data_dir)
     common.seed_everything(0)
-    c = peers.build(name, cfg, num_classes=6, batch_size=args.batch)
+    c = peers.build(name, cfg, num_classes=6, batch_size=args.batch,
+                    settings=peers.peer_settings(args.peer_set).get(name))
     c.model.to(device)
     batch = fixed_batch(cfg, data, args.batch, device)
     one = fixed_batch(cfg, data, 1, device)
@@ -141,7 +144,7 @@ def ratio_table(rows: list[dict[str, Any]]) -> str:
     the peer's over ours)."""
     out = ["| preset | vs | train img/s | latency b1 | infer img/s | peak mem |", "|---|---|---|---|---|---|"]
     for ours in (r for r in rows if r["name"] == "dynamic_detr"):
-        for p in (r for r in rows if r["preset"] == ours["preset"] and r["name"] in peers.PEERS):
+        for p in (r for r in rows if r["preset"] == ours["preset"] and r["name"] not in peers.OURS):
             out.append(f"| {ours['preset']} | {p['label']} | x{ours['train_img_s'] / p['train_img_s']:.2f} | "
                        f"x{p['latency_ms'] / ours['latency_ms']:.2f} | x{ours['infer_img_s'] / p['infer_img_s']:.2f} "
                        f"| x{p['peak_mb'] / ours['peak_mb']:.2f} |")
@@ -164,8 +167,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["cpu_small", "cpu_tiny"])
-    p.add_argument("--only", nargs="+", choices=peers.ALL,
-                   help="contenders (default: ours and every peer; any rung of the recipe ladder or ablation too)")
+    p.add_argument("--only", nargs="+", choices=peers.CHOICES,
+                   help="contenders (default: ours and every peer but "
+                        f"{', '.join(peers.EXTRA_PEERS)}; any rung of the recipe ladder or ablation too)")
+    p.add_argument("--peer-set", action="append", default=[], metavar="NAME.KEY=VALUE",
+                   help="change one of a peer's settings (peers.SETTINGS), e.g. hf_rtdetr_r18.size=preset "
+                        "(repeatable); RT-DETR and D-FINE are measured at their official sizes by default")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("SHORT", "LONG"),
                    help="eval size (default: each preset's eval_short_side / eval_max_size)")
     p.add_argument("--batch", type=int, default=8)
@@ -180,6 +187,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.presets, args.batch, args.warmup, args.reps = ["cpu_tiny"], 2, 1, 1
+        args.peer_set = [*peers.QUICK_PEER_SETTINGS, *args.peer_set]
+    try:
+        peers.peer_settings(args.peer_set)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -200,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--device", args.device]
             if args.image_size:
                 cmd += ["--image-size", *map(str, args.image_size)]
+            for item in args.peer_set:
+                cmd += ["--peer-set", item]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
@@ -211,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     report = {"machine": common.machine(device), "matmul_gflops": peak,
               "setup": {"batch": args.batch, "warmup": args.warmup, "reps": args.reps, "presets": args.presets,
-                        "image_size": args.image_size}, "results": rows}
+                        "image_size": args.image_size, "peer_settings": args.peer_set}, "results": rows}
     md = (f"{report['machine']['cpu']}, {report['machine']['threads']} threads, {device}; fp32 matmul "
           f"{peak:.0f} GFLOP/s; torch {report['machine']['torch']}; {report['machine']['date']}.\n\n"
           f"{table(rows, peak)}\n\nRatios, ours over each peer (>1: ours better):\n\n{ratio_table(rows)}\n")

@@ -35,6 +35,7 @@ def test_convergence_quick(tmp_path, peers):
     setup = report["setup"]
     assert (setup["epochs"], setup["minutes"], setup["batch_size"]) == (1, 0.05, 4), setup
     assert setup["data"].startswith("synthetic 16 train") and setup["data"].endswith("data seed 0"), setup
+    assert setup["peer_settings"] == peers.QUICK_PEER_SETTINGS  # RT-DETR and D-FINE cut to cpu_tiny's sizes
     per_epoch = math.ceil(16 / setup["batch_size"])  # batches per epoch (the last one kept)
     assert list(report["results"]) == list(peers.ALL)
     md = (out / "convergence.md").read_text()

@@ -8,7 +8,7 @@ import json
 import pytest
 from bench_helpers import needs, run_bench
 
-NAMES = ["dynamic_detr", "hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet"]
+NAMES = ["dynamic_detr", "hf_detr", "hf_deformable_detr", "tv_fcos", "tv_retinanet", "hf_rtdetr_r18", "hf_dfine_n"]
 
 
 @pytest.mark.slow
@@ -43,4 +43,6 @@ def test_speed_quick(tmp_path):
     ours = rows[0]
     for p in rows[1:]:  # the ratio table divides ours by each peer
         assert f"| cpu_tiny | {p['label']} | x{ours['train_img_s'] / p['train_img_s']:.2f} | " in md, p["name"]
-    assert md.count("| cpu_tiny |") == 5 + 4  # 5 measured rows, 4 ratio rows
+    assert md.count("| cpu_tiny |") == 7 + 6  # 7 measured rows, 6 ratio rows
+    # RT-DETR and D-FINE are cut to cpu_tiny's sizes in --quick runs (peers.QUICK_PEER_SETTINGS)
+    assert set(report["setup"]["peer_settings"]) >= {"hf_rtdetr_r18.size=preset", "hf_dfine_n.size=preset"}
