@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-from export_ap import AP_KEYS, quick_setup
+from export_ap import AP_KEYS, model_and_data
 
 
 def run(checkpoint: Path, data: Path, batch: int, workers: int, warmup: int, reps: int) -> dict:
@@ -100,13 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=common.RESULTS / "decoder_depth", help="folder for the results")
     p.add_argument("--quick", action="store_true", help="random cpu_tiny on 4 synthetic images (smoke test)")
     args = p.parse_args(argv)
-    if not args.quick and (args.checkpoint is None or args.data is None):
-        p.error("--checkpoint and --data are required (or --quick)")
+    if args.quick:
+        args.warmup, args.reps = 0, 1
     with tempfile.TemporaryDirectory() as tmp:
-        if args.quick:
-            args.checkpoint, args.data = quick_setup(Path(tmp))
-            args.warmup, args.reps = 0, 1
-        res = run(args.checkpoint, args.data, args.batch, args.workers, args.warmup, args.reps)
+        res = run(*model_and_data(p, args, Path(tmp)), args.batch, args.workers, args.warmup, args.reps)
     common.write_results(args.out, "decoder_depth", res, markdown(res))
     return 0
 

@@ -160,6 +160,15 @@ def quick_setup(root: Path) -> tuple[Path, Path]:
     return root / "model", data
 
 
+def model_and_data(parser: argparse.ArgumentParser, args: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
+    """`--checkpoint` and `--data`, or with `--quick` a random cpu_tiny model and 4 images written under `tmp`."""
+    if args.quick:
+        return quick_setup(tmp)
+    if args.checkpoint is None or args.data is None:
+        parser.error("--checkpoint and --data are required (or --quick)")
+    return args.checkpoint, args.data
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, help="a trained model (run folder, .pt, ...)")
@@ -169,12 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="results JSON")
     p.add_argument("--quick", action="store_true", help="random cpu_tiny on 4 synthetic images (smoke test)")
     args = p.parse_args(argv)
-    if not args.quick and (args.checkpoint is None or args.data is None):
-        p.error("--checkpoint and --data are required (or --quick)")
     with tempfile.TemporaryDirectory() as tmp:
-        if args.quick:
-            args.checkpoint, args.data = quick_setup(Path(tmp))
-        res = run(args.checkpoint, args.data, args.batch, args.workers)
+        res = run(*model_and_data(p, args, Path(tmp)), args.batch, args.workers)
     print(markdown(res))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
