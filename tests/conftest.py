@@ -31,7 +31,7 @@ from dynamic_detr.data.synthetic import generate
 # fill in around them, instead of a long one starting last and running alone at the end. The other files follow
 # in their usual order.
 LONGEST_FIRST = (
-    "train/test_overfit.py",  # 255 s: three 192-step fits at 2 threads
+    "train/test_overfit.py",  # 255 s: three 192-step fits, two at 2 threads
     "export/test_export_onnx.py",  # 208: every preset exported, paper_r50's ResNet-50 among them
     "train/test_faults.py",  # 124: training subprocesses killed and resumed
     "benchmarks/test_bench_convergence.py",  # 116: every contender of the benchmark trained
