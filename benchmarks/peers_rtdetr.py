@@ -14,7 +14,8 @@ Sizes (`size="official"`, the default):
   layers of 300 queries, 32 bins, 100 denoising queries; 3.7 M (N) and 10.2 M (S) parameters with 6 classes.
 `size="preset"` cuts the transformer to the preset's width, heads, FFN, decoder stages and queries (and the
 ResNet to its depth), the way the other peers are matched; `convergence.py --quick`, `speed.py --quick` and the
-tests use it with `cpu_tiny`.
+tests use it with `cpu_tiny`. Either way the queries are capped at the encoder tokens of the preset's smallest
+input (`queries_that_fit`): D-FINE-N gets 125 at the benchmarks' 192 px.
 
 Inputs and outputs: images normalised with the ImageNet mean / std, like the other peers (the official
 pipelines feed [0, 1] without normalising; the stem's conv is followed by BatchNorm, so this rescales the
@@ -104,6 +105,16 @@ def _preset_sizes(cfg: Config, levels: int) -> dict[str, Any]:
             "decoder_layers": m.decoder.num_stages, "num_queries": m.decoder.num_queries}
 
 
+def queries_that_fit(cfg: Config, strides: list[int], queries: int) -> int:
+    """`queries`, or fewer when the smallest input the preset trains or evaluates at has fewer encoder tokens:
+    query selection keeps the top-`num_queries` tokens, and HF's `topk` fails when there are fewer. A square of
+    the smallest short side is counted (D-FINE-N, strides 16 / 32, on 160 px: 10 x 10 + 5 x 5 = 125 tokens);
+    the official pipelines' 640 px squares give thousands, so the official configs never meet this."""
+    d = cfg.data
+    side = min([*d.train_short_sides, *(d.crop_resize_sides or []), d.eval_short_side])
+    return min(queries, sum((side // s) ** 2 for s in strides))
+
+
 def rtdetr_config(cfg: Config, num_classes: int, size: str):
     """`RTDetrV2Config` of RT-DETRv2-R18 (or, `size="preset"`, the preset's sizes and ResNet depth)."""
     from transformers import RTDetrResNetConfig, RTDetrV2Config
@@ -119,6 +130,7 @@ def rtdetr_config(cfg: Config, num_classes: int, size: str):
               "decoder_layers": 3, "decoder_n_points": 4, "num_labels": num_classes}
     if size == "preset":
         kwargs.update(_preset_sizes(cfg, 3))
+    kwargs["num_queries"] = queries_that_fit(cfg, [8, 16, 32], kwargs.get("num_queries", 300))
     return RTDetrV2Config(**kwargs)
 
 
@@ -133,6 +145,7 @@ def dfine_config(name: str, cfg: Config, num_classes: int, size: str):
     kwargs["decoder_in_channels"] = [kwargs["d_model"]] * kwargs["num_feature_levels"]
     if size == "preset":
         kwargs.update(_preset_sizes(cfg, kwargs["num_feature_levels"]))
+    kwargs["num_queries"] = queries_that_fit(cfg, official["feat_strides"], kwargs.get("num_queries", 300))
     return DFineConfig(**kwargs)
 
 

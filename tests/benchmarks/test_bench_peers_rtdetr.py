@@ -132,6 +132,28 @@ def test_official_sizes(bench):
     assert c.settings["size"] == "official" and 3.7e6 < c.params() < 3.8e6
 
 
+def test_queries_fit_the_smallest_input(bench):
+    """Query selection keeps the top-`num_queries` encoder tokens. At the benchmark's 192 px (short sides down to
+    160) D-FINE-N's strides 16 / 32 give 10 x 10 + 5 x 5 = 125 tokens: its official 300 queries are cut to 125
+    (with 300, HF's topk failed on the first step); RT-DETR and D-FINE-S (strides from 8) keep 300, the preset
+    size keeps the preset's count. Then one training step of the official D-FINE-N on a 160 px square."""
+    r = bench["peers_rtdetr"]
+    cfg = get_preset("cpu_demo")
+    d = cfg.data
+    d.train_short_sides, d.crop_resize_sides, d.eval_short_side = [160, 176, 192], [160, 176, 192], 192
+    assert r.dfine_config("hf_dfine_n", cfg, 6, "official").num_queries == 125
+    assert r.dfine_config("hf_dfine_s", cfg, 6, "official").num_queries == 300
+    assert r.rtdetr_config(cfg, 6, "official").num_queries == 300
+    assert r.dfine_config("hf_dfine_n", cfg, 6, "preset").num_queries == cfg.model.decoder.num_queries
+    torch.manual_seed(0)
+    c = bench["peers"].build("hf_dfine_n", cfg, CLASSES, 1)
+    target = {"boxes": torch.tensor([[0.5, 0.5, 0.4, 0.5]]), "labels": torch.tensor([1]), "image_id": 1,
+              "orig_size": torch.tensor([160, 160]), "size": torch.tensor([160, 160])}
+    b = Batch(torch.rand(1, 3, 160, 160), torch.zeros(1, 160, 160, dtype=torch.bool), [target])
+    c.model.train()
+    assert math.isfinite(float(c.loss(b).detach()))
+
+
 @pytest.mark.parametrize("name", ["hf_rtdetr_r18", "hf_dfine_n"])
 def test_official_init_restored(bench, name):
     """Where HF's random init differs from the official code, the official one: BatchNorm weights 1 (HF's
