@@ -132,7 +132,9 @@ def cleanup() -> None:
 def process_group_scope() -> Iterator[None]:
     """Destroy the process group joined inside the block (e.g. by `Trainer` under torchrun) when the block
     ends, also on an error; a group that existed before the block is left alone. On an error, a failure to
-    destroy the group does not hide the original error."""
+    destroy the group does not hide the original error. At a normal end the ranks first meet at a barrier, so
+    that none leaves while another still works (rank 0 draws the final figures alone): under torchrun a rank
+    that left early was seen to abort at exit ("terminate called without an active exception")."""
     existed = is_dist()
     try:
         yield
@@ -142,6 +144,7 @@ def process_group_scope() -> Iterator[None]:
                 cleanup()
         raise
     if not existed:
+        barrier()
         cleanup()
 
 
