@@ -115,6 +115,12 @@ def queries_that_fit(cfg: Config, strides: list[int], queries: int) -> int:
     return min(queries, sum((side // s) ** 2 for s in strides))
 
 
+def _fit_queries(cfg: Config, config):
+    """`config` (an RT-DETR or D-FINE config) with its queries capped by `queries_that_fit` at its own strides."""
+    config.num_queries = queries_that_fit(cfg, config.feat_strides, config.num_queries)
+    return config
+
+
 def rtdetr_config(cfg: Config, num_classes: int, size: str):
     """`RTDetrV2Config` of RT-DETRv2-R18 (or, `size="preset"`, the preset's sizes and ResNet depth)."""
     from transformers import RTDetrResNetConfig, RTDetrV2Config
@@ -130,8 +136,7 @@ def rtdetr_config(cfg: Config, num_classes: int, size: str):
               "decoder_layers": 3, "decoder_n_points": 4, "num_labels": num_classes}
     if size == "preset":
         kwargs.update(_preset_sizes(cfg, 3))
-    kwargs["num_queries"] = queries_that_fit(cfg, [8, 16, 32], kwargs.get("num_queries", 300))
-    return RTDetrV2Config(**kwargs)
+    return _fit_queries(cfg, RTDetrV2Config(**kwargs))
 
 
 def dfine_config(name: str, cfg: Config, num_classes: int, size: str):
@@ -145,8 +150,7 @@ def dfine_config(name: str, cfg: Config, num_classes: int, size: str):
     kwargs["decoder_in_channels"] = [kwargs["d_model"]] * kwargs["num_feature_levels"]
     if size == "preset":
         kwargs.update(_preset_sizes(cfg, kwargs["num_feature_levels"]))
-    kwargs["num_queries"] = queries_that_fit(cfg, official["feat_strides"], kwargs.get("num_queries", 300))
-    return DFineConfig(**kwargs)
+    return _fit_queries(cfg, DFineConfig(**kwargs))
 
 
 # ---------------------------------------------------------------- the official init
